@@ -1,0 +1,110 @@
+"""Config validation: every bad value is refused before training with one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+GROUPS = ("env", "follower", "reward_model", "upper", "teacher", "buffer", "logger", "checkpoint", "exp")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message is one line and names the key."""
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the presets available in a config group."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """Refuse ``group=option`` CLI overrides that name no preset (Hydra's own message spans many lines)."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS:
+            continue
+        for option in value.split(","):
+            option = option.strip()
+            if option in ("", "null") or option.startswith(("choice(", "range(", "glob(")):
+                continue
+            if option not in group_options(key):
+                raise ConfigError(
+                    f"{key}={option}: unknown {key} option (available: {', '.join(group_options(key))})"
+                )
+
+
+def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+
+
+def _non_negative(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+
+
+def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
+    """Check a composed config; return facts learned on the way (the env's spaces).
+
+    Raises:
+        ConfigError: with a one-line message naming the offending key.
+    """
+    if require_exp and not cfg.get("exp_name"):
+        raise ConfigError(f"exp: no experiment preset chosen; pass exp=<name> (available: {', '.join(group_options('exp'))})")
+    for key in ("trainer.total_steps", "trainer.steps_per_iter", "env.n_envs", "buffer.capacity",
+                "buffer.segment_length", "follower.learning_rate", "upper.lr", "upper.batch_size",
+                "trainer.eval_episodes", "torch_threads"):
+        _positive(cfg, key)
+    _positive(cfg, "follower.actor_lr", allow_none=True)
+    for key in ("trainer.initial_steps", "buffer.initial_pairs", "buffer.pairs_per_iter", "buffer.warmup_epochs",
+                "buffer.epochs_per_iter", "trainer.eval_every", "checkpoint.every", "trainer.video_every"):
+        _non_negative(cfg, key)
+    _positive(cfg, "checkpoint.keep")
+    if cfg.trainer.initial_steps > cfg.trainer.total_steps:
+        raise ConfigError(
+            f"trainer.initial_steps: {cfg.trainer.initial_steps} exceeds trainer.total_steps={cfg.trainer.total_steps}"
+        )
+    if cfg.buffer.initial_pairs > 0 and cfg.trainer.initial_steps <= 0:
+        raise ConfigError("trainer.initial_steps: must be > 0 when buffer.initial_pairs > 0 (pairs need transitions)")
+    if cfg.follower.name not in ("sac", "ppo", "a2c"):
+        raise ConfigError(f"follower.name: unknown follower {cfg.follower.name!r}")
+    if cfg.upper.name not in ("drlhf",):
+        raise ConfigError(f"upper.name: unknown upper rule {cfg.upper.name!r}")
+    if cfg.logger.mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode: must be online, offline or disabled, got {cfg.logger.mode!r}")
+    if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
+        raise ConfigError(f"device: must be cpu or cuda[:N], got {cfg.device!r}")
+
+    from bilevel_rl.envs.make import check_env_id
+
+    try:
+        check_env_id(cfg.env.id)
+        env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs, resolve=True))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - missing extras, bad kwargs
+        raise ConfigError(f"env.id: could not make {cfg.env.id!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ConfigError(f"env.id: {cfg.env.id} has a {type(obs_space).__name__} observation space; a Box is required")
+    if cfg.follower.name == "sac" and not isinstance(act_space, gym.spaces.Box):
+        raise ConfigError(
+            f"follower=sac: env.id={cfg.env.id} has a discrete action space ({act_space}); use follower=ppo or a2c"
+        )
+    if not isinstance(act_space, gym.spaces.Box | gym.spaces.Discrete):
+        raise ConfigError(f"env.id: {cfg.env.id} has an unsupported action space {act_space}")
+    return {"observation_space": obs_space, "action_space": act_space}

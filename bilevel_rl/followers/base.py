@@ -1,0 +1,142 @@
+"""The `Follower` seam and the transition recorder shared by implementations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.reward_models.base import RewardModel
+
+
+class Follower(ABC):
+    """The lower level: an agent that learns a policy on the leader's current reward ``r_φ``.
+
+    Implementations must train on the *current* reward model (off-policy: relabel at replay-sample time;
+    on-policy: a reward wrapper), keep the environment's true reward for the teacher and evaluation, and
+    record the transitions of their last :meth:`learn` call for :meth:`collect`.
+    """
+
+    observation_space: gym.spaces.Space
+    action_space: gym.spaces.Space
+
+    @abstractmethod
+    def set_reward_model(self, reward_model: RewardModel) -> None:
+        """Train on this reward model from now on."""
+
+    @abstractmethod
+    def learn(self, steps: int) -> dict[str, float]:
+        """Take ``steps`` environment steps of learning; return ``follower/...`` metrics."""
+
+    @abstractmethod
+    def collect(self, steps: int) -> TrajectoryBatch:
+        """The on-policy transitions of the most recent :meth:`learn` phase (at most ``steps`` per env).
+
+        No extra environment steps are taken (as in the SoBiRL code, which pairs the most recent trajectories).
+        """
+
+    @abstractmethod
+    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+        """Deterministic episodes on the environment's own reward; returns ``eval/...`` metrics."""
+
+    @property
+    @abstractmethod
+    def num_timesteps(self) -> int:
+        """Environment steps taken so far (all envs together)."""
+
+    @property
+    @abstractmethod
+    def num_envs(self) -> int:
+        """Number of parallel environments."""
+
+    @property
+    @abstractmethod
+    def temperature(self) -> float:
+        """Entropy temperature: SAC α, the entropy coefficient of PPO/A2C, or τ of a tabular follower."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: networks, optimizers, replay buffer, env and RNG states."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release environments."""
+
+
+class TransitionRecorder:
+    """Ring buffer of the last ``capacity`` time steps of a vectorised environment.
+
+    Tracks episode starts and the within-episode time index itself, so it is independent of which algorithm
+    drives the environment.
+    """
+
+    def __init__(self, capacity: int, num_envs: int) -> None:
+        if capacity <= 0:
+            raise ValueError("recorder capacity must be positive")
+        self.capacity = capacity
+        self.num_envs = num_envs
+        self._buf: dict[str, np.ndarray] = {}
+        self.pos = 0
+        self.filled = 0
+        self.next_start = np.ones(num_envs, dtype=bool)
+        self.t_in_episode = np.zeros(num_envs, dtype=np.int64)
+
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        true_rewards: np.ndarray,
+        dones: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Record one vectorised step (``obs`` is the observation *before* the step)."""
+        row = {
+            "obs": obs,
+            "actions": actions,
+            "true_rewards": true_rewards.astype(np.float32),
+            "dones": dones.astype(bool),
+            "terminated": dones.astype(bool) & ~truncated.astype(bool),
+            "episode_starts": self.next_start.copy(),
+            "timesteps": self.t_in_episode.copy(),
+        }
+        if not self._buf:
+            for k, v in row.items():
+                self._buf[k] = np.zeros((self.capacity, *np.shape(v)), dtype=np.asarray(v).dtype)
+        for k, v in row.items():
+            self._buf[k][self.pos] = v
+        self.pos = (self.pos + 1) % self.capacity
+        self.filled = min(self.filled + 1, self.capacity)
+        done = dones.astype(bool)
+        self.t_in_episode = np.where(done, 0, self.t_in_episode + 1)
+        self.next_start = done.copy()
+
+    def batch(self, steps: int) -> TrajectoryBatch:
+        """The last ``min(steps, filled)`` steps in time order."""
+        n = min(steps, self.filled)
+        if n == 0:
+            raise RuntimeError("no transitions recorded yet: call learn() before collect()")
+        idx = (self.pos - n + np.arange(n)) % self.capacity
+        return TrajectoryBatch(**{k: v[idx] for k, v in self._buf.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Recorder state for checkpoints."""
+        return {
+            "buf": {k: v.copy() for k, v in self._buf.items()},
+            "pos": self.pos,
+            "filled": self.filled,
+            "next_start": self.next_start.copy(),
+            "t_in_episode": self.t_in_episode.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self._buf = {k: np.asarray(v).copy() for k, v in state["buf"].items()}
+        self.pos, self.filled = int(state["pos"]), int(state["filled"])
+        self.next_start = np.asarray(state["next_start"]).copy()
+        self.t_in_episode = np.asarray(state["t_in_episode"]).copy()

@@ -1,0 +1,361 @@
+"""SB3 followers: SAC (rewards relabelled at replay-sample time), PPO and A2C (learned-reward vec-env wrapper).
+
+We subclass SB3 (never patch it): ``BilevelSAC``/``BilevelPPO``/``BilevelA2C`` only change how learning-rate
+progress is measured (over the whole run, not per ``learn`` call), and SAC's replay buffer relabels rewards
+with the current reward model whenever a batch is sampled, so stored rewards never go stale.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.envs.state import get_env_state, set_env_state
+from bilevel_rl.envs.make import LearnedRewardVecEnv, make_eval_env, make_train_env, torch_reward_fn
+from bilevel_rl.followers.base import Follower, TransitionRecorder
+from bilevel_rl.reward_models.base import RewardModel
+
+
+class RelabelingReplayBuffer(ReplayBuffer):
+    """SB3 replay buffer whose sampled rewards come from the *current* reward model.
+
+    The stored rewards are the environment's true rewards (kept for diagnostics); ``reward_fn`` receives the
+    sampled observations and *environment-space* actions (SAC stores actions scaled to [-1, 1]).
+    """
+
+    reward_fn: Any = None
+    action_low: torch.Tensor | None = None
+    action_high: torch.Tensor | None = None
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
+        data = super()._get_samples(batch_inds, env)
+        if self.reward_fn is None:
+            return data
+        actions = data.actions
+        if self.action_low is not None and self.action_high is not None:
+            actions = self.action_low + 0.5 * (actions + 1.0) * (self.action_high - self.action_low)
+        rewards = self.reward_fn(data.observations, actions).reshape(-1, 1).to(data.rewards.dtype)
+        return data._replace(rewards=rewards)
+
+
+class _GlobalProgressMixin:
+    """Learning-rate progress over ``lr_horizon`` env steps instead of per ``learn()`` call."""
+
+    lr_horizon: int | None = None
+    _current_progress_remaining: float
+
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        horizon = self.lr_horizon or total_timesteps
+        self._current_progress_remaining = max(0.0, 1.0 - float(num_timesteps) / float(horizon))
+
+
+class BilevelSAC(_GlobalProgressMixin, SAC):
+    """SAC with an optional separate actor learning rate (SoBiRL J.2: critic/α 1e-3, actor 3e-4)."""
+
+    actor_lr_scale: float = 1.0
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)
+        if self.actor_lr_scale != 1.0:
+            lr = self.lr_schedule(self._current_progress_remaining) * self.actor_lr_scale
+            for group in self.actor.optimizer.param_groups:
+                group["lr"] = lr
+
+
+class BilevelPPO(_GlobalProgressMixin, PPO):
+    """PPO with run-level learning-rate progress."""
+
+
+class BilevelA2C(_GlobalProgressMixin, A2C):
+    """A2C with run-level learning-rate progress."""
+
+
+class _RecorderCallback(BaseCallback):
+    """Feeds every environment step into a :class:`TransitionRecorder`."""
+
+    def __init__(self, recorder: TransitionRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def _on_step(self) -> bool:
+        loc = self.locals
+        actions = loc["clipped_actions"] if "clipped_actions" in loc else loc["actions"]
+        infos = loc["infos"]
+        true_r = np.array([info.get("true_reward", np.nan) for info in infos], dtype=np.float32)
+        truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
+        # SB3 updates model._last_obs only after the callback, so it still holds the pre-step observation.
+        self.recorder.add(np.asarray(self.model._last_obs).copy(), np.asarray(actions).copy(), true_r,
+                          np.asarray(loc["dones"]), truncated)
+        return True
+
+
+def _schedule(lr: float, kind: str) -> Any:
+    if kind == "constant":
+        return lr
+    if kind == "linear":
+        return lambda progress: lr * progress
+    raise ValueError(f"follower.lr_schedule: unknown schedule {kind!r} (choose constant or linear)")
+
+
+_ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": BilevelSAC, "ppo": BilevelPPO, "a2c": BilevelA2C}
+_STATE_ATTRS = (
+    "num_timesteps",
+    "_n_updates",
+    "_episode_num",
+    "_last_obs",
+    "_last_original_obs",
+    "_last_episode_starts",
+    "_current_progress_remaining",
+)
+
+
+class SB3Follower(Follower):
+    """A follower backed by an SB3 algorithm.
+
+    Args:
+        algo: ``sac``, ``ppo`` or ``a2c``.
+        env_id: gymnasium id (Box observation space).
+        n_envs: parallel environments.
+        seed: seed for SB3, the envs and the action space.
+        algo_kwargs: keyword arguments for the SB3 constructor.
+        lr_schedule: ``constant`` or ``linear`` (decays to 0 at ``lr_horizon`` env steps).
+        lr_horizon: env steps over which the schedule runs (SoBiRL: 8e6).
+        actor_lr: SAC only, a separate actor learning rate (``None``: same as ``learning_rate``).
+        record_steps: how many recent steps per env :meth:`collect` can return.
+        env_kwargs: extra ``gym.make`` keyword arguments.
+        device: torch device.
+    """
+
+    def __init__(
+        self,
+        algo: str,
+        env_id: str,
+        n_envs: int,
+        seed: int,
+        algo_kwargs: dict[str, Any],
+        lr_schedule: str = "constant",
+        lr_horizon: int | None = None,
+        actor_lr: float | None = None,
+        record_steps: int = 5000,
+        env_kwargs: dict[str, Any] | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if algo not in _ALGOS:
+            raise ValueError(f"follower.name: unknown follower {algo!r} (choose sac, ppo or a2c)")
+        self.algo = algo
+        self.env_id = env_id
+        self.env_kwargs = env_kwargs or {}
+        venv: VecEnv = make_train_env(env_id, n_envs, seed, self.env_kwargs)
+        if algo == "sac" and not isinstance(venv.action_space, gym.spaces.Box):
+            venv.close()
+            raise ValueError(f"follower=sac needs a continuous (Box) action space; {env_id} has {venv.action_space}")
+        self.reward_wrapper: LearnedRewardVecEnv | None = None
+        if algo != "sac":
+            self.reward_wrapper = LearnedRewardVecEnv(venv)
+            venv = self.reward_wrapper
+        kwargs = dict(algo_kwargs)
+        lr = float(kwargs.pop("learning_rate", 3e-4))
+        if algo == "sac":
+            kwargs["replay_buffer_class"] = RelabelingReplayBuffer
+        cls = _ALGOS[algo]
+        self.model: BaseAlgorithm = cls(
+            "MlpPolicy", venv, learning_rate=_schedule(lr, lr_schedule), seed=seed, device=device, verbose=0,
+            **kwargs,
+        )
+        self.model.lr_horizon = lr_horizon  # type: ignore[attr-defined]
+        if algo == "sac" and actor_lr is not None:
+            self.model.actor_lr_scale = actor_lr / lr  # type: ignore[attr-defined]
+        self.model.set_logger(configure(None, []))
+        self.observation_space = venv.observation_space
+        self.action_space = venv.action_space
+        self.recorder = TransitionRecorder(record_steps, n_envs)
+        self._callback = _RecorderCallback(self.recorder)
+        self._eval_env: gym.Env | None = None
+        self.seed = seed
+        self.reward_model: RewardModel | None = None
+
+    # ------------------------------------------------------------------ reward
+    def set_reward_model(self, reward_model: RewardModel) -> None:
+        self.reward_model = reward_model
+        if self.algo == "sac":
+            buf = self.model.replay_buffer  # type: ignore[attr-defined]
+            buf.reward_fn = reward_model.relabel
+            space = self.action_space
+            assert isinstance(space, gym.spaces.Box)
+            buf.action_low = torch.as_tensor(space.low, dtype=torch.float32, device=self.model.device)
+            buf.action_high = torch.as_tensor(space.high, dtype=torch.float32, device=self.model.device)
+        else:
+            assert self.reward_wrapper is not None
+            self.reward_wrapper.reward_fn = torch_reward_fn(reward_model)
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, steps: int) -> dict[str, float]:
+        if self.reward_model is None:
+            raise RuntimeError("set_reward_model() must be called before learn()")
+        if steps <= 0:
+            return {}
+        self.model.learn(steps, callback=self._callback, reset_num_timesteps=False, log_interval=None,
+                         progress_bar=False)
+        metrics: dict[str, float] = {}
+        logger = self.model.logger
+        for key, value in logger.name_to_value.items():
+            if key.startswith("train/") and isinstance(value, int | float | np.floating):
+                metrics["follower/" + key.split("/", 1)[1]] = float(value)
+        logger.name_to_value.clear()
+        metrics["follower/temperature"] = self.temperature
+        batch = self.recorder.batch(max(1, steps // self.num_envs))
+        returns = batch.episode_returns()
+        if returns:
+            metrics["follower/ep_true_return"] = float(np.mean(returns))
+        return metrics
+
+    def collect(self, steps: int) -> TrajectoryBatch:
+        return self.recorder.batch(steps)
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.model.n_envs)
+
+    @property
+    def temperature(self) -> float:
+        m = self.model
+        if self.algo == "sac":
+            if getattr(m, "log_ent_coef", None) is not None:
+                return float(torch.exp(m.log_ent_coef.detach()).item())  # type: ignore[attr-defined]
+            return float(m.ent_coef_tensor.item())  # type: ignore[attr-defined]
+        return float(m.ent_coef)  # type: ignore[attr-defined]
+
+    def action_dist(self, obs: np.ndarray | torch.Tensor) -> Any:
+        """SB3 action distribution of the current policy at ``obs`` (SAC: in the scaled [-1, 1] space)."""
+        o = torch.as_tensor(obs, device=self.model.device)
+        with torch.no_grad():
+            if self.algo == "sac":
+                actor = self.model.actor  # type: ignore[attr-defined]
+                mean, log_std, kw = actor.get_action_dist_params(o)
+                return actor.action_dist.proba_distribution(mean, log_std, **kw)
+            return self.model.policy.get_distribution(o)  # type: ignore[operator]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+        if self._eval_env is None:
+            self._eval_env = make_eval_env(self.env_id, self.env_kwargs)
+        env = self._eval_env
+        returns, lengths = [], []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            done, ret, length = False, 0.0, 0
+            while not done:
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                ret += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(ret)
+            lengths.append(length)
+        return {
+            "eval/true_return": float(np.mean(returns)),
+            "eval/true_return_std": float(np.std(returns)),
+            "eval/episode_length": float(np.mean(lengths)),
+        }
+
+    def record_video(self, seed: int, max_steps: int = 1000) -> np.ndarray:
+        """Frames ``(T, H, W, 3)`` of one deterministic episode (needs a render backend, e.g. ``MUJOCO_GL=egl``)."""
+        env = make_eval_env(self.env_id, self.env_kwargs, render=True)
+        try:
+            obs, _ = env.reset(seed=seed)
+            frames = [env.render()]
+            for _ in range(max_steps):
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, _, terminated, truncated, _ = env.step(action)
+                frames.append(env.render())
+                if terminated or truncated:
+                    break
+        finally:
+            env.close()
+        return np.stack([np.asarray(f) for f in frames])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _vec_env(self) -> DummyVecEnv:
+        venv = self.model.get_env()
+        while isinstance(venv, LearnedRewardVecEnv):
+            venv = venv.venv
+        if not isinstance(venv, DummyVecEnv):
+            raise TypeError("checkpointing needs a DummyVecEnv")
+        return venv
+
+    def state_dict(self) -> dict[str, Any]:
+        m = self.model
+        state: dict[str, Any] = {
+            "algo": self.algo,
+            "params": m.get_parameters(),
+            "attrs": {k: getattr(m, k, None) for k in _STATE_ATTRS},
+            "ep_info_buffer": list(m.ep_info_buffer or []),
+            "ep_success_buffer": list(m.ep_success_buffer or []),
+            "action_space_rng": m.action_space.np_random.bit_generator.state,
+            "recorder": self.recorder.state_dict(),
+            # per-layer env state incl. MuJoCo physics: a resumed run continues mid-episode exactly
+            "envs": [get_env_state(env) for env in self._vec_env().envs],
+        }
+        if self.reward_wrapper is not None:
+            state["wrapper_prev_obs"] = self.reward_wrapper.prev_obs
+        if self.algo == "sac":
+            buf = m.replay_buffer  # type: ignore[attr-defined]
+            skip = {"reward_fn", "action_low", "action_high", "device"}
+            state["replay_buffer"] = {k: v for k, v in buf.__dict__.items() if k not in skip}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["algo"] != self.algo:
+            raise ValueError(f"checkpoint follower is {state['algo']!r}, config asks for {self.algo!r}")
+        m = self.model
+        m.set_parameters(state["params"], exact_match=True, device=m.device)
+        for k, v in state["attrs"].items():
+            setattr(m, k, v)
+        maxlen = m.ep_info_buffer.maxlen if m.ep_info_buffer is not None else 100
+        m.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=maxlen)
+        m.ep_success_buffer = deque(state["ep_success_buffer"], maxlen=maxlen)
+        m.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        self.recorder.load_state_dict(state["recorder"])
+        venv = self._vec_env()
+        if len(venv.envs) != len(state["envs"]):
+            raise ValueError(f"checkpoint has {len(state['envs'])} envs, config asks for {len(venv.envs)}")
+        for env, env_state in zip(venv.envs, state["envs"], strict=True):
+            set_env_state(env, env_state)
+        if self.reward_wrapper is not None:
+            self.reward_wrapper.prev_obs = state.get("wrapper_prev_obs")
+        if self.algo == "sac":
+            buf = m.replay_buffer  # type: ignore[attr-defined]
+            buf.__dict__.update(state["replay_buffer"])
+
+    def close(self) -> None:
+        self.model.get_env().close()  # type: ignore[union-attr]
+        if self._eval_env is not None:
+            self._eval_env.close()
+
+
+def make_follower(
+    name: str,
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    algo_kwargs: dict[str, Any],
+    **kwargs: Any,
+) -> SB3Follower:
+    """Build a follower by config name."""
+    return SB3Follower(name, env_id, n_envs, seed, algo_kwargs, **kwargs)

@@ -1,0 +1,82 @@
+"""The `RewardModel` seam."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class RewardModel(nn.Module, ABC):
+    """A learned reward ``r_φ(s, a)``, batched over leading dimensions.
+
+    Subclasses implement :meth:`forward` on flat batches ``(B, *obs_shape)``, ``(B, *act_shape)`` → ``(B,)``.
+    The leader trains the *raw* output; followers are given :meth:`relabel`, which runs in eval mode under
+    ``torch.no_grad`` and divides by a running scale (see :meth:`update_normalization`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("reward_scale", torch.ones(()))
+        self.normalize = True
+
+    @abstractmethod
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Raw rewards ``(B,)`` for a flat batch."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    def rewards(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Raw rewards for any leading batch shape ``(..., *obs_shape)`` → ``(...)``."""
+        lead = actions.shape[: actions.dim() - self.action_ndim]
+        flat = self(obs.reshape(-1, *obs.shape[len(lead) :]), actions.reshape(-1, *actions.shape[len(lead) :]))
+        return flat.reshape(lead)
+
+    def segment_returns(self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Sum of raw rewards over the valid steps of each segment: ``(..., H, ...)`` → ``(...)``."""
+        return (self.rewards(obs, actions) * mask).sum(dim=-1)
+
+    @property
+    @abstractmethod
+    def action_ndim(self) -> int:
+        """Number of trailing dimensions of one action (0 for discrete, 1 for Box)."""
+
+    @torch.no_grad()
+    def relabel(self, obs: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Rewards a follower trains on: eval mode, no grad, divided by the running scale. Shape ``(B,)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            o = torch.as_tensor(obs, device=self.device)
+            a = torch.as_tensor(actions, device=self.device)
+            r = self.rewards(o, a)
+            if self.normalize:
+                r = r * self.reward_scale
+            return r.float()
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def update_normalization(self, obs: np.ndarray, actions: np.ndarray, batch_size: int = 4096) -> None:
+        """Set the follower-facing scale to ``1 / std`` of the raw rewards on the given transitions.
+
+        Only the scale is normalised, never the mean: with masked (absorbing) segments the Bradley–Terry loss
+        identifies the reward's offset, and shifting it would change whether the follower wants episodes to end.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            outs = []
+            for i in range(0, len(obs), batch_size):
+                o = torch.as_tensor(obs[i : i + batch_size], device=self.device)
+                a = torch.as_tensor(actions[i : i + batch_size], device=self.device)
+                outs.append(self(o, a))
+            std = torch.cat(outs).std() if outs else torch.ones(())
+            self.reward_scale.fill_(float(1.0 / max(float(std), 1e-6)))
+        finally:
+            self.train(was_training)

@@ -1,0 +1,87 @@
+"""MLP reward model on (observation, action)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from bilevel_rl.reward_models.base import RewardModel
+
+
+class MLPRewardModel(RewardModel):
+    """``r_φ(s, a) = MLP([flatten(s), a])``; discrete actions are one-hot encoded.
+
+    The papers give no MuJoCo reward architecture (SoBiRL digest pitfall 17); we use two hidden layers of 256
+    with leaky ReLU (slope 0.01, as in the SoBiRL Atari CNN).
+
+    Args:
+        observation_space: the follower's observation space (Box).
+        action_space: Box or Discrete.
+        hidden_sizes: widths of the hidden layers.
+        use_action: if False, the reward depends on the state only.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        hidden_sizes: Sequence[int] = (256, 256),
+        use_action: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError("reward_model: the MLP reward model needs a Box observation space")
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.obs_ndim = len(observation_space.shape)
+        self.discrete_n: int | None = None
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.discrete_n = int(action_space.n)
+            act_dim = self.discrete_n
+            self._action_ndim = 0
+        elif isinstance(action_space, gym.spaces.Box):
+            act_dim = int(np.prod(action_space.shape))
+            self._action_ndim = len(action_space.shape)
+        else:
+            raise ValueError(f"reward_model: unsupported action space {action_space}")
+        self.use_action = use_action
+        layers: list[nn.Module] = []
+        last = self.obs_dim + (act_dim if use_action else 0)
+        for width in hidden_sizes:
+            layers += [nn.Linear(last, int(width)), nn.LeakyReLU(0.01)]
+            last = int(width)
+        layers.append(nn.Linear(last, 1))
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def action_ndim(self) -> int:
+        return self._action_ndim
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = obs.reshape(obs.shape[0], -1).float()
+        if self.use_action:
+            if self.discrete_n is not None:
+                a = nn.functional.one_hot(actions.reshape(-1).long(), self.discrete_n).float()
+            else:
+                a = actions.reshape(actions.shape[0], -1).float()
+            x = torch.cat([x, a], dim=1)
+        return self.net(x).squeeze(-1)
+
+
+def make_reward_model(
+    name: str,
+    observation_space: gym.spaces.Space,
+    action_space: gym.spaces.Space,
+    hidden_sizes: Sequence[int] = (256, 256),
+    use_action: bool = True,
+    normalize: bool = True,
+) -> RewardModel:
+    """Build a reward model by config name."""
+    if name != "mlp":
+        raise ValueError(f"reward_model.name: unknown reward model {name!r} (choose mlp)")
+    model = MLPRewardModel(observation_space, action_space, hidden_sizes, use_action)
+    model.normalize = normalize
+    return model

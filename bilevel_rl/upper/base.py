@@ -1,0 +1,99 @@
+"""The `UpperRule` seam and the preference loss shared by the RLHF rules."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+if TYPE_CHECKING:
+    from bilevel_rl.data.preference_buffer import PreferenceBuffer
+    from bilevel_rl.data.segments import PreferencePairs
+    from bilevel_rl.followers.base import Follower
+    from bilevel_rl.reward_models.base import RewardModel
+
+
+def bradley_terry_loss(returns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley–Terry cross-entropy (SoBiRL eq. 101 with the BCE of L117).
+
+    ``P(d0 ≻ d1) = exp(R0) / (exp(R0) + exp(R1)) = sigmoid(R0 - R1)`` and
+    ``l = -y log P(d0 ≻ d1) - (1 - y) log P(d1 ≻ d0)``.
+
+    Args:
+        returns: ``(B, 2)`` predicted segment returns ``Σ_h r_φ(s_h, a_h)``.
+        labels: ``(B,)`` probability that segment 0 is preferred (0.5 = tie).
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    logits = returns[:, 0] - returns[:, 1]
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+
+
+@torch.no_grad()
+def preference_accuracy(reward_model: RewardModel, pairs: PreferencePairs, batch_size: int = 256) -> float:
+    """Fraction of non-tied pairs whose preferred segment gets the higher predicted return."""
+    decided = pairs.labels != 0.5
+    if not decided.any():
+        return float("nan")
+    was_training = reward_model.training
+    reward_model.eval()
+    correct = 0
+    try:
+        idx = np.nonzero(decided)[0]
+        for start in range(0, len(idx), batch_size):
+            sl = idx[start : start + batch_size]
+            dev = reward_model.device
+            ret = reward_model.segment_returns(
+                torch.as_tensor(pairs.obs[sl], device=dev),
+                torch.as_tensor(pairs.actions[sl], device=dev),
+                torch.as_tensor(pairs.mask[sl], device=dev),
+            )
+            pred_first = (ret[:, 0] > ret[:, 1]).cpu().numpy()
+            correct += int((pred_first == (pairs.labels[sl] > 0.5)).sum())
+    finally:
+        reward_model.train(was_training)
+    return correct / len(idx)
+
+
+class UpperRule(ABC):
+    """A leader update rule. It must not know which follower class it talks to.
+
+    Lifecycle: construct with its hyperparameter dataclass, :meth:`attach` to a follower and a reward model,
+    then call :meth:`update` once per outer iteration.
+    """
+
+    name: str = "base"
+
+    def __init__(self) -> None:
+        self.follower: Follower | None = None
+        self.reward_model: RewardModel | None = None
+
+    def attach(self, follower: Follower, reward_model: RewardModel) -> None:
+        """Connect the rule to the follower and reward model it updates (and install any hooks)."""
+        self.follower = follower
+        self.reward_model = reward_model
+
+    @abstractmethod
+    def update(self, buffer: PreferenceBuffer, epochs: int, rng: np.random.Generator) -> dict[str, float]:
+        """Run ``epochs`` leader epochs over the buffer; return namespaced metrics (``upper/...``)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Rule state (optimizer, schedules) for checkpoints."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+
+def make_rule(name: str, params: dict[str, Any]) -> UpperRule:
+    """Build an upper rule from its config name and hyperparameters."""
+    if name == "drlhf":
+        from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
+
+        return DRLHF(DRLHFConfig(**params))
+    raise ValueError(f"upper.name: unknown upper rule {name!r} (available: drlhf)")
