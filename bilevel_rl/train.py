@@ -86,7 +86,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
     rm_cfg = cfg.reward_model
     reward_model = make_reward_model(
         rm_cfg.name, spaces["observation_space"], spaces["action_space"], tuple(rm_cfg.hidden_sizes),
-        bool(rm_cfg.use_action), bool(rm_cfg.normalize),
+        bool(rm_cfg.use_action), bool(rm_cfg.normalize), bool(rm_cfg.normalize_inputs),
     ).to(cfg.device)
     upper_params = {k: v for k, v in _container(cfg.upper).items() if k != "name"}
     rule = make_rule(cfg.upper.name, upper_params)

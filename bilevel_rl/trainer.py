@@ -196,6 +196,8 @@ class Trainer:
 
     def _iteration(self, steps: int, pairs: int, epochs: int, t_start: float) -> dict[str, float]:
         metrics, batch = self._learn_stage(steps)
+        if self.iteration == 0:
+            self.reward_model.fit_input_normalization(batch.flat_obs())
         if pairs > 0:
             query_metrics, _ = self._query_stage(batch, pairs)
             metrics.update(query_metrics)
@@ -226,6 +228,7 @@ class Trainer:
             "reward_model": self.reward_model.state_dict(),
             "rule": self.rule.state_dict(),
             "follower_params": fstate.pop("params", None),
+            "follower_torch_vars": fstate.pop("torch_vars", {}),
             "torch_rng": torch.get_rng_state(),
         }
         rng = capture_rng()
@@ -256,6 +259,7 @@ class Trainer:
         self.rule.load_state_dict(tensors["rule"])
         fstate = dict(state["follower"])
         fstate["params"] = tensors["follower_params"]
+        fstate["torch_vars"] = tensors["follower_torch_vars"]
         self.follower.load_state_dict(fstate)
         self.buffer.load_state_dict(state["buffer"])
         self.iteration = int(state["iteration"])

@@ -19,6 +19,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
@@ -304,6 +305,8 @@ class SB3Follower(Follower):
         state: dict[str, Any] = {
             "algo": self.algo,
             "params": m.get_parameters(),
+            # get_parameters() leaves out SB3's "pytorch variables" (SAC's log_ent_coef): keep them too
+            "torch_vars": {name: recursive_getattr(m, name).detach().clone() for name in m._get_torch_save_params()[1]},
             "attrs": {k: getattr(m, k, None) for k in _STATE_ATTRS},
             "ep_info_buffer": list(m.ep_info_buffer or []),
             "ep_success_buffer": list(m.ep_success_buffer or []),
@@ -325,6 +328,9 @@ class SB3Follower(Follower):
             raise ValueError(f"checkpoint follower is {state['algo']!r}, config asks for {self.algo!r}")
         m = self.model
         m.set_parameters(state["params"], exact_match=True, device=m.device)
+        with torch.no_grad():
+            for name, value in state["torch_vars"].items():
+                recursive_getattr(m, name).copy_(value)  # in place: the optimizer holds this tensor
         for k, v in state["attrs"].items():
             setattr(m, k, v)
         maxlen = m.ep_info_buffer.maxlen if m.ep_info_buffer is not None else 100

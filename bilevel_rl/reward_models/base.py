@@ -61,6 +61,9 @@ class RewardModel(nn.Module, ABC):
         finally:
             self.train(was_training)
 
+    def fit_input_normalization(self, obs: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Fit input statistics once on early transitions (no-op unless the model normalises inputs)."""
+
     @torch.no_grad()
     def update_normalization(self, obs: np.ndarray, actions: np.ndarray, batch_size: int = 4096) -> None:
         """Set the follower-facing scale to ``1 / std`` of the raw rewards on the given transitions.
