@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from bilevel_rl.config import ConfigError, check_group_overrides
+from bilevel_rl.config import ConfigError, check_group_overrides, group_options
 
 OmegaConf.register_new_resolver("slug", lambda s: re.sub(r"[^A-Za-z0-9_.,=-]+", "-", str(s)), replace=True)
 
@@ -40,8 +40,17 @@ def main() -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    # a resumed run writes into its own directory, so metrics.csv keeps the whole history
+    info_flags = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+    wants_info = any(a.split("=")[0] in info_flags for a in args)
+    has_exp = any(a.split("=")[0].lstrip("+") == "exp" for a in args)
     resume = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint.resume_from=")]
+    if not (wants_info or has_exp or resume):
+        print(
+            f"error: exp: no experiment preset chosen; pass exp=<name> (available: {', '.join(group_options('exp'))})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    # a resumed run writes into its own directory, so metrics.csv keeps the whole history
     if resume and resume[0] not in ("", "null") and not any(a.startswith("hydra.run.dir=") for a in args):
         sys.argv.append(f"hydra.run.dir={resume[0]}")
     _hydra_main()

@@ -35,9 +35,7 @@ def check_group_overrides(args: list[str]) -> None:
             if option in ("", "null") or option.startswith(("choice(", "range(", "glob(")):
                 continue
             if option not in group_options(key):
-                raise ConfigError(
-                    f"{key}={option}: unknown {key} option (available: {', '.join(group_options(key))})"
-                )
+                raise ConfigError(f"{key}={option}: unknown {key} option (available: {', '.join(group_options(key))})")
 
 
 def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
@@ -61,14 +59,33 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         ConfigError: with a one-line message naming the offending key.
     """
     if require_exp and not cfg.get("exp_name"):
-        raise ConfigError(f"exp: no experiment preset chosen; pass exp=<name> (available: {', '.join(group_options('exp'))})")
-    for key in ("trainer.total_steps", "trainer.steps_per_iter", "env.n_envs", "buffer.capacity",
-                "buffer.segment_length", "follower.learning_rate", "upper.lr", "upper.batch_size",
-                "trainer.eval_episodes", "torch_threads"):
+        raise ConfigError(
+            f"exp: no experiment preset chosen; pass exp=<name> (available: {', '.join(group_options('exp'))})"
+        )
+    for key in (
+        "trainer.total_steps",
+        "trainer.steps_per_iter",
+        "env.n_envs",
+        "buffer.capacity",
+        "buffer.segment_length",
+        "follower.learning_rate",
+        "upper.lr",
+        "upper.batch_size",
+        "trainer.eval_episodes",
+        "torch_threads",
+    ):
         _positive(cfg, key)
     _positive(cfg, "follower.actor_lr", allow_none=True)
-    for key in ("trainer.initial_steps", "buffer.initial_pairs", "buffer.pairs_per_iter", "buffer.warmup_epochs",
-                "buffer.epochs_per_iter", "trainer.eval_every", "checkpoint.every", "trainer.video_every"):
+    for key in (
+        "trainer.initial_steps",
+        "buffer.initial_pairs",
+        "buffer.pairs_per_iter",
+        "buffer.warmup_epochs",
+        "buffer.epochs_per_iter",
+        "trainer.eval_every",
+        "checkpoint.every",
+        "trainer.video_every",
+    ):
         _non_negative(cfg, key)
     _positive(cfg, "checkpoint.keep")
     if cfg.trainer.initial_steps > cfg.trainer.total_steps:
@@ -94,7 +111,9 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - missing extras, bad kwargs
-        raise ConfigError(f"env.id: could not make {cfg.env.id!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise ConfigError(
+            f"env.id: could not make {cfg.env.id!r}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -84,9 +85,15 @@ class MetricLogger:
                 import wandb
 
                 self.wandb = wandb.init(
-                    project=wandb_project, group=wandb_group, name=run_name, mode=mode,
-                    dir=str(self.run_dir), config=config or {}, resume="allow",
-                    id=(run_name or "run").replace("/", "-"), reinit=True,
+                    project=wandb_project,
+                    group=wandb_group,
+                    name=run_name,
+                    mode=mode,  # type: ignore[arg-type]
+                    dir=str(self.run_dir),
+                    config=config or {},
+                    resume="allow",
+                    id=(run_name or "run").replace("/", "-"),
+                    reinit=True,
                 )
             except Exception as exc:  # noqa: BLE001
                 log.warning("wandb disabled (%s): %s", mode, exc)
@@ -149,12 +156,8 @@ class MetricLogger:
     def close(self) -> None:
         """Flush and close all backends."""
         if self.tb is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.tb.close()
-            except Exception:  # noqa: BLE001
-                pass
         if self.wandb is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.wandb.finish()
-            except Exception:  # noqa: BLE001
-                pass

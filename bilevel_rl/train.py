@@ -52,19 +52,22 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, cli_overrides: list[str]) -> 
                 name = value
                 if key in ("follower", "upper") and name != saved[key].name:
                     raise ConfigError(
-                        f"checkpoint.resume_from: the run used {key}={saved[key].name}; resuming with {key}={name} is refused"
+                        f"checkpoint.resume_from: the run used {key}={saved[key].name}; "
+                        f"resuming with {key}={name} is refused"
                     )
                 if key == "env":
                     continue
                 continue
             dotlist.append(f"{key}={value}")
-        merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
-        assert isinstance(merged, DictConfig)
+        merged_any = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
+        assert isinstance(merged_any, DictConfig)
+        merged = merged_any
     for key, label in (("env.id", "env"), ("follower.name", "follower"), ("upper.name", "upper")):
         old, new = OmegaConf.select(saved, key), OmegaConf.select(merged, key)
         if old != new:
             raise ConfigError(
-                f"checkpoint.resume_from: the run used {key}={old}; resuming with {key}={new} is refused ({label} changed)"
+                f"checkpoint.resume_from: the run used {key}={old}; "
+                f"resuming with {key}={new} is refused ({label} changed)"
             )
     OmegaConf.update(merged, "checkpoint.resume_from", str(run_dir), force_add=True)
     return merged
@@ -78,15 +81,27 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
     set_random_seed(seed)
     f = cfg.follower
     follower = make_follower(
-        f.name, cfg.env.id, int(cfg.env.n_envs), seed, _container(f.algo_kwargs),
-        lr_schedule=f.lr_schedule, lr_horizon=f.lr_horizon, actor_lr=f.actor_lr,
+        f.name,
+        cfg.env.id,
+        int(cfg.env.n_envs),
+        seed,
+        _container(f.algo_kwargs),
+        lr_schedule=f.lr_schedule,
+        lr_horizon=f.lr_horizon,
+        actor_lr=f.actor_lr,
         record_steps=max(int(cfg.trainer.steps_per_iter), int(cfg.trainer.initial_steps)) // int(cfg.env.n_envs) + 1,
-        env_kwargs=_container(cfg.env.kwargs), device=cfg.device,
+        env_kwargs=_container(cfg.env.kwargs),
+        device=cfg.device,
     )
     rm_cfg = cfg.reward_model
     reward_model = make_reward_model(
-        rm_cfg.name, spaces["observation_space"], spaces["action_space"], tuple(rm_cfg.hidden_sizes),
-        bool(rm_cfg.use_action), bool(rm_cfg.normalize), bool(rm_cfg.normalize_inputs),
+        rm_cfg.name,
+        spaces["observation_space"],
+        spaces["action_space"],
+        tuple(rm_cfg.hidden_sizes),
+        bool(rm_cfg.use_action),
+        bool(rm_cfg.normalize),
+        bool(rm_cfg.normalize_inputs),
     ).to(cfg.device)
     upper_params = {k: v for k, v in _container(cfg.upper).items() if k != "name"}
     rule = make_rule(cfg.upper.name, upper_params)
@@ -94,11 +109,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
     teacher = make_teacher(cfg.teacher.name, **teacher_params)
     b, t = cfg.buffer, cfg.trainer
     tconf = TrainerConfig(
-        total_steps=int(t.total_steps), steps_per_iter=int(t.steps_per_iter), initial_steps=int(t.initial_steps),
-        segment_length=int(b.segment_length), initial_pairs=int(b.initial_pairs), pairs_per_iter=int(b.pairs_per_iter),
-        warmup_epochs=int(b.warmup_epochs), epochs_per_iter=int(b.epochs_per_iter), eval_every=int(t.eval_every),
-        eval_episodes=int(t.eval_episodes), checkpoint_every=int(cfg.checkpoint.every),
-        checkpoint_keep=int(cfg.checkpoint.keep), video_every=int(t.video_every),
+        total_steps=int(t.total_steps),
+        steps_per_iter=int(t.steps_per_iter),
+        initial_steps=int(t.initial_steps),
+        segment_length=int(b.segment_length),
+        initial_pairs=int(b.initial_pairs),
+        pairs_per_iter=int(b.pairs_per_iter),
+        warmup_epochs=int(b.warmup_epochs),
+        epochs_per_iter=int(b.epochs_per_iter),
+        eval_every=int(t.eval_every),
+        eval_episodes=int(t.eval_episodes),
+        checkpoint_every=int(cfg.checkpoint.every),
+        checkpoint_keep=int(cfg.checkpoint.keep),
+        video_every=int(t.video_every),
     )
     resume_step = None
     ckpt = None
@@ -108,13 +131,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
             raise ConfigError(f"checkpoint.resume_from: no checkpoint found in {run_dir / 'checkpoints'}")
         resume_step = int(ckpt.name.split("_")[-1])
     logger = MetricLogger(
-        run_dir, wandb_mode=cfg.logger.mode, wandb_project=cfg.logger.project, wandb_group=cfg.exp_name,
-        run_name=f"{cfg.exp_name}_{cfg.env.id}_seed{seed}".replace("/", "-"), config=_container(cfg),
+        run_dir,
+        wandb_mode=cfg.logger.mode,
+        wandb_project=cfg.logger.project,
+        wandb_group=cfg.exp_name,
+        run_name=f"{cfg.exp_name}_{cfg.env.id}_seed{seed}".replace("/", "-"),
+        config=_container(cfg),
         resume_step=resume_step,
     )
     meta = {"env_id": cfg.env.id, "follower": f.name, "upper": cfg.upper.name, "seed": seed}
-    trainer = Trainer(tconf, follower, reward_model, rule, teacher, PreferenceBuffer(int(b.capacity)), logger,
-                      run_dir, seed, meta=meta, progress=bool(cfg.progress))
+    trainer = Trainer(
+        tconf,
+        follower,
+        reward_model,
+        rule,
+        teacher,
+        PreferenceBuffer(int(b.capacity)),
+        logger,
+        run_dir,
+        seed,
+        meta=meta,
+        progress=bool(cfg.progress),
+    )
     if ckpt is not None:
         trainer.load(ckpt)
         log.info("resumed from %s (iteration %d, %d env steps)", ckpt, trainer.iteration, follower.num_timesteps)

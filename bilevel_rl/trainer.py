@@ -122,6 +122,7 @@ class Trainer:
         return metrics, batch
 
     def _query_stage(self, batch: TrajectoryBatch, num_pairs: int) -> tuple[dict[str, float], PreferencePairs]:
+        t0 = time.perf_counter()
         first, second = make_pairs(batch, self.cfg.segment_length, num_pairs, self.rng)
         returns = np.stack([first.true_returns(), second.true_returns()], axis=1)
         labels = self.teacher.label(returns, self.rng)
@@ -134,6 +135,7 @@ class Trainer:
         self.buffer.add(pairs)
         metrics["buffer/pairs"] = float(len(self.buffer))
         metrics["buffer/total_labels"] = float(self.buffer.total_added)
+        metrics["time/query_s"] = time.perf_counter() - t0
         return metrics, pairs
 
     def _upper_stage(self, epochs: int, batch: TrajectoryBatch) -> dict[str, float]:
@@ -147,12 +149,14 @@ class Trainer:
 
     @torch.no_grad()
     def _diagnose_stage(self, batch: TrajectoryBatch) -> dict[str, float]:
+        t0 = time.perf_counter()
         pred = self.reward_model.relabel(batch.flat_obs(), batch.flat_actions()).cpu().numpy()
         true = batch.true_rewards.reshape(-1)
         return {
             "reward_model/true_reward_corr": pearson(pred, true),
             "reward_model/pred_reward_mean": float(pred.mean()),
             "follower/true_reward_mean": float(true.mean()),
+            "time/diagnose_s": time.perf_counter() - t0,
         }
 
     def _evaluate_stage(self, final: bool) -> dict[str, float]:
@@ -175,8 +179,14 @@ class Trainer:
     def run(self) -> dict[str, float]:
         """Train until ``total_steps``; return the last logged metrics."""
         c = self.cfg
-        bar = tqdm(total=c.total_steps, initial=self.follower.num_timesteps, unit="step", disable=not self.progress,
-                   dynamic_ncols=True, mininterval=2.0)
+        bar = tqdm(
+            total=c.total_steps,
+            initial=self.follower.num_timesteps,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
         last: dict[str, float] = {}
         t_start = time.perf_counter()
         try:
@@ -215,8 +225,10 @@ class Trainer:
 
     def _set_postfix(self, bar: Any, m: dict[str, float]) -> None:
         bar.set_postfix(
-            it=self.iteration, sps=f"{m.get('time/sps', float('nan')):.0f}",
-            ret=f"{self.last_eval:.1f}", acc=f"{m.get('reward_model/pref_accuracy', float('nan')):.2f}",
+            it=self.iteration,
+            sps=f"{m.get('time/sps', float('nan')):.0f}",
+            ret=f"{self.last_eval:.1f}",
+            acc=f"{m.get('reward_model/pref_accuracy', float('nan')):.2f}",
             refresh=False,
         )
 

@@ -20,8 +20,11 @@ from bilevel_rl.data.trajectories import TrajectoryBatch
 
 @dataclass
 class SegmentBatch:
-    """``S`` segments of length ``H``: obs ``(S, H, *obs)``, actions ``(S, H, *act)``, true rewards and mask
-    ``(S, H)`` (mask 0 marks padding after a terminal state)."""
+    """``S`` segments of length ``H``.
+
+    Shapes: obs ``(S, H, *obs)``, actions ``(S, H, *act)``, true rewards and mask ``(S, H)`` (mask 0 marks padding
+    after a terminal state).
+    """
 
     obs: np.ndarray
     actions: np.ndarray
@@ -38,9 +41,11 @@ class SegmentBatch:
 
 @dataclass
 class PreferencePairs:
-    """``P`` labelled pairs: obs ``(P, 2, H, *obs)``, actions ``(P, 2, H, *act)``, true rewards and mask
-    ``(P, 2, H)``, labels ``(P,)`` (probability that segment 0 is preferred) and the leader iteration that
-    produced each pair."""
+    """``P`` labelled pairs of segments.
+
+    Shapes: obs ``(P, 2, H, *obs)``, actions ``(P, 2, H, *act)``, true rewards and mask ``(P, 2, H)``, labels
+    ``(P,)`` (probability that segment 0 is preferred) and the leader iteration that produced each pair.
+    """
 
     obs: np.ndarray
     actions: np.ndarray
@@ -130,9 +135,7 @@ def make_pairs(
     return first, second
 
 
-def stack_pairs(
-    first: SegmentBatch, second: SegmentBatch, labels: np.ndarray, iteration: int
-) -> PreferencePairs:
+def stack_pairs(first: SegmentBatch, second: SegmentBatch, labels: np.ndarray, iteration: int) -> PreferencePairs:
     """Combine two segment batches and their labels into :class:`PreferencePairs`."""
     return PreferencePairs(
         obs=np.stack([first.obs, second.obs], axis=1),

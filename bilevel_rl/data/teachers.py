@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+from typing_extensions import override
 
 
 class Teacher(ABC):
@@ -37,6 +38,7 @@ class OracleTeacher(Teacher):
             raise ValueError("teacher.tie_tolerance must be >= 0")
         self.tie_tolerance = tie_tolerance
 
+    @override
     def label(self, returns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         diff = returns[:, 0] - returns[:, 1]
         labels = np.where(diff > 0, 1.0, 0.0)
@@ -57,6 +59,7 @@ class BradleyTerryTeacher(Teacher):
         self.temperature = temperature
         self.clip = clip
 
+    @override
     def label(self, returns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         z = np.clip((returns[:, 0] - returns[:, 1]) / self.temperature, -self.clip, self.clip)
         p = 1.0 / (1.0 + np.exp(-z))

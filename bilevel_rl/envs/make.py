@@ -11,6 +11,7 @@ import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+from typing_extensions import override
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -37,15 +38,14 @@ def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
 class TrueRewardInfo(gym.Wrapper):
     """Copy the environment's own reward into ``info["true_reward"]`` at every step."""
 
+    @override
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["true_reward"] = float(reward)
         return obs, reward, terminated, truncated, info
 
 
-def make_train_env(
-    env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None
-) -> VecEnv:
+def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
     """Vectorised training env: ``env → Monitor (true episode returns) → TrueRewardInfo``, SB3-seeded."""
     check_env_id(env_id)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {}, wrapper_class=TrueRewardInfo)
@@ -73,15 +73,18 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         self.prev_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
 
+    @override
     def reset(self) -> Any:
         obs = self.venv.reset()
         self.prev_obs = np.asarray(obs).copy()
         return obs
 
+    @override
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions).copy()
         self.venv.step_async(actions)
 
+    @override
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
         if self.reward_fn is not None:

@@ -40,8 +40,10 @@ def get_env_state(env: gym.Env) -> list[dict[str, Any]]:
             except Exception:  # noqa: BLE001 - unpicklable attributes (locks, renderers) are skipped
                 log.debug("env state: skipping unpicklable %s.%s", type(layer).__name__, key)
         entry: dict[str, Any] = {"type": type(layer).__name__, "attrs": attrs}
-        if hasattr(layer, "model") and hasattr(layer, "data") and type(layer).__module__.startswith(
-            "gymnasium.envs.mujoco"
+        if (
+            hasattr(layer, "model")
+            and hasattr(layer, "data")
+            and type(layer).__module__.startswith("gymnasium.envs.mujoco")
         ):
             import mujoco
 

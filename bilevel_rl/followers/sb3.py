@@ -18,13 +18,14 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.save_util import recursive_getattr
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from typing_extensions import override
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
-from bilevel_rl.envs.state import get_env_state, set_env_state
 from bilevel_rl.envs.make import LearnedRewardVecEnv, make_eval_env, make_train_env, torch_reward_fn
+from bilevel_rl.envs.state import get_env_state, set_env_state
 from bilevel_rl.followers.base import Follower, TransitionRecorder
 from bilevel_rl.reward_models.base import RewardModel
 
@@ -97,8 +98,13 @@ class _RecorderCallback(BaseCallback):
         true_r = np.array([info.get("true_reward", np.nan) for info in infos], dtype=np.float32)
         truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
         # SB3 updates model._last_obs only after the callback, so it still holds the pre-step observation.
-        self.recorder.add(np.asarray(self.model._last_obs).copy(), np.asarray(actions).copy(), true_r,
-                          np.asarray(loc["dones"]), truncated)
+        self.recorder.add(
+            np.asarray(self.model._last_obs).copy(),
+            np.asarray(actions).copy(),
+            true_r,
+            np.asarray(loc["dones"]),
+            truncated,
+        )
         return True
 
 
@@ -172,7 +178,12 @@ class SB3Follower(Follower):
             kwargs["replay_buffer_class"] = RelabelingReplayBuffer
         cls = _ALGOS[algo]
         self.model: BaseAlgorithm = cls(
-            "MlpPolicy", venv, learning_rate=_schedule(lr, lr_schedule), seed=seed, device=device, verbose=0,
+            "MlpPolicy",
+            venv,
+            learning_rate=_schedule(lr, lr_schedule),
+            seed=seed,
+            device=device,
+            verbose=0,
             **kwargs,
         )
         self.model.lr_horizon = lr_horizon  # type: ignore[attr-defined]
@@ -188,6 +199,7 @@ class SB3Follower(Follower):
         self.reward_model: RewardModel | None = None
 
     # ------------------------------------------------------------------ reward
+    @override
     def set_reward_model(self, reward_model: RewardModel) -> None:
         self.reward_model = reward_model
         if self.algo == "sac":
@@ -202,13 +214,19 @@ class SB3Follower(Follower):
             self.reward_wrapper.reward_fn = torch_reward_fn(reward_model)
 
     # ------------------------------------------------------------------ learning
+    @override
     def learn(self, steps: int) -> dict[str, float]:
         if self.reward_model is None:
             raise RuntimeError("set_reward_model() must be called before learn()")
         if steps <= 0:
             return {}
-        self.model.learn(steps, callback=self._callback, reset_num_timesteps=False, log_interval=None,
-                         progress_bar=False)
+        self.model.learn(
+            steps,
+            callback=self._callback,
+            reset_num_timesteps=False,
+            log_interval=None,  # type: ignore[arg-type]  # None: SB3 never dumps (we read its logger values)
+            progress_bar=False,
+        )
         metrics: dict[str, float] = {}
         logger = self.model.logger
         for key, value in logger.name_to_value.items():
@@ -222,17 +240,21 @@ class SB3Follower(Follower):
             metrics["follower/ep_true_return"] = float(np.mean(returns))
         return metrics
 
+    @override
     def collect(self, steps: int) -> TrajectoryBatch:
         return self.recorder.batch(steps)
 
+    @override
     @property
     def num_timesteps(self) -> int:
         return int(self.model.num_timesteps)
 
+    @override
     @property
     def num_envs(self) -> int:
         return int(self.model.n_envs)
 
+    @override
     @property
     def temperature(self) -> float:
         m = self.model
@@ -253,6 +275,7 @@ class SB3Follower(Follower):
             return self.model.policy.get_distribution(o)  # type: ignore[operator]
 
     # ------------------------------------------------------------------ evaluation
+    @override
     def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
         if self._eval_env is None:
             self._eval_env = make_eval_env(self.env_id, self.env_kwargs)
@@ -300,6 +323,7 @@ class SB3Follower(Follower):
             raise TypeError("checkpointing needs a DummyVecEnv")
         return venv
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         m = self.model
         state: dict[str, Any] = {
@@ -323,6 +347,7 @@ class SB3Follower(Follower):
             state["replay_buffer"] = {k: v for k, v in buf.__dict__.items() if k not in skip}
         return state
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["algo"] != self.algo:
             raise ValueError(f"checkpoint follower is {state['algo']!r}, config asks for {self.algo!r}")
@@ -349,6 +374,7 @@ class SB3Follower(Follower):
             buf = m.replay_buffer  # type: ignore[attr-defined]
             buf.__dict__.update(state["replay_buffer"])
 
+    @override
     def close(self) -> None:
         self.model.get_env().close()  # type: ignore[union-attr]
         if self._eval_env is not None:

@@ -17,6 +17,8 @@ class RewardModel(nn.Module, ABC):
     ``torch.no_grad`` and divides by a running scale (see :meth:`update_normalization`).
     """
 
+    reward_scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("reward_scale", torch.ones(()))

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import override
 
 from bilevel_rl.reward_models.base import RewardModel
 
@@ -29,6 +30,9 @@ class MLPRewardModel(RewardModel):
             Bradley–Terry gradients are large and the model overfits (Reacher, 300 pairs: held-out accuracy
             0.74 unscaled vs 0.82 scaled).
     """
+
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
 
     def __init__(
         self,
@@ -65,6 +69,7 @@ class MLPRewardModel(RewardModel):
         self.register_buffer("obs_mean", torch.zeros(self.obs_dim))
         self.register_buffer("obs_std", torch.ones(self.obs_dim))
 
+    @override
     @torch.no_grad()
     def fit_input_normalization(self, obs: np.ndarray) -> None:
         if not self.normalize_inputs or len(obs) < 2:
@@ -73,10 +78,12 @@ class MLPRewardModel(RewardModel):
         self.obs_mean.copy_(flat.mean(0))
         self.obs_std.copy_(flat.std(0).clamp_min(1e-3))
 
+    @override
     @property
     def action_ndim(self) -> int:
         return self._action_ndim
 
+    @override
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = (obs.reshape(obs.shape[0], -1).float() - self.obs_mean) / self.obs_std
         if self.use_action:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from bilevel_rl.data.preference_buffer import PreferenceBuffer
 from bilevel_rl.followers.base import Follower
@@ -55,6 +56,7 @@ class DRLHF(UpperRule):
         self.config = config
         self.optimizer: torch.optim.Optimizer | None = None
 
+    @override
     def attach(self, follower: Follower, reward_model: RewardModel) -> None:
         super().attach(follower, reward_model)
         c = self.config
@@ -62,6 +64,7 @@ class DRLHF(UpperRule):
             reward_model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay
         )
 
+    @override
     def update(self, buffer: PreferenceBuffer, epochs: int, rng: np.random.Generator) -> dict[str, float]:
         if self.reward_model is None or self.optimizer is None:
             raise RuntimeError("DRLHF.update called before attach()")
@@ -102,9 +105,11 @@ class DRLHF(UpperRule):
             "reward_model/train_accuracy": correct / total if total else float("nan"),
         }
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "optimizer": self.optimizer.state_dict() if self.optimizer else None}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])

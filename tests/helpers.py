@@ -1,0 +1,41 @@
+"""Shared helpers for subprocess CLI tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+BIN = Path(sys.executable).parent / "bilevel-rl"
+
+# a complete run in a few seconds: Pendulum, tiny nets, 5 iterations of 200 steps
+TINY = [
+    "exp=quickstart",
+    "env=pendulum",
+    "trainer.total_steps=1000",
+    "trainer.steps_per_iter=200",
+    "trainer.initial_steps=200",
+    "buffer.initial_pairs=20",
+    "buffer.pairs_per_iter=10",
+    "buffer.warmup_epochs=2",
+    "buffer.epochs_per_iter=2",
+    "trainer.eval_episodes=1",
+    "follower.algo_kwargs.policy_kwargs.net_arch=[32,32]",
+    "reward_model.hidden_sizes=[32,32]",
+    "progress=false",
+]
+
+
+def cli(*args, cwd=None, timeout=300, check=True):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bilevel-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def metrics(run_dir):
+    """metrics.csv without timing columns (those differ between identical runs)."""
+    df = pd.read_csv(Path(run_dir) / "metrics.csv")
+    return df[[c for c in df.columns if not c.startswith("time/")]]

@@ -1,0 +1,107 @@
+"""Followers: relabelling with the current reward model, the learned-reward wrapper, the recorder."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from bilevel_rl.followers.sb3 import SB3Follower
+from bilevel_rl.reward_models.mlp import MLPRewardModel
+
+
+def _follower(algo, env_id="Pendulum-v1", **kw):
+    algo_kwargs = {"policy_kwargs": {"net_arch": [32, 32]}}
+    if algo == "sac":
+        algo_kwargs.update(learning_starts=100, batch_size=32)
+    if algo == "ppo":
+        algo_kwargs.update(n_steps=64, batch_size=32)
+    f = SB3Follower(algo, env_id, n_envs=2, seed=0, algo_kwargs=algo_kwargs, record_steps=300, **kw)
+    rm = MLPRewardModel(f.observation_space, f.action_space, hidden_sizes=(16,))
+    f.set_reward_model(rm)
+    return f, rm
+
+
+def test_sac_replay_samples_are_relabelled_by_the_current_reward_model():
+    torch.manual_seed(0)
+    f, rm = _follower("sac")
+    f.learn(300)
+    buf = f.model.replay_buffer
+    np.random.seed(1)
+    batch = buf.sample(64)
+    low, high = torch.as_tensor(f.action_space.low), torch.as_tensor(f.action_space.high)
+    env_actions = low + 0.5 * (batch.actions + 1) * (high - low)  # SAC stores actions scaled to [-1, 1]
+    np.testing.assert_allclose(batch.rewards.squeeze(1), rm.relabel(batch.observations, env_actions), rtol=1e-6)
+    # the stored rewards are the true ones, and they differ from the learned ones
+    assert not torch.allclose(batch.rewards.squeeze(1), torch.as_tensor(buf.rewards[:64, 0]))
+    # a reward-model change is seen by the very next sampled batch
+    with torch.no_grad():
+        rm.net[-1].bias += 5.0
+    np.random.seed(1)
+    again = buf.sample(64)
+    torch.testing.assert_close(again.observations, batch.observations)
+    shift = (again.rewards - batch.rewards).squeeze(1)
+    torch.testing.assert_close(shift, torch.full_like(shift, 5.0 * float(rm.reward_scale)))
+
+
+def test_relabel_runs_in_eval_mode_without_grad():
+    f, rm = _follower("sac")
+    rm.train()
+    out = rm.relabel(np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32))
+    assert not out.requires_grad and rm.training  # mode restored afterwards
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_on_policy_follower_trains_on_the_learned_reward(algo):
+    torch.manual_seed(0)
+    f, rm = _follower(algo)
+    wrapper = f.reward_wrapper
+    seen = []
+    original = wrapper.reward_fn
+
+    def spy(obs, actions):
+        out = original(obs, actions)
+        seen.append((obs.copy(), actions.copy(), out.copy()))
+        return out
+
+    wrapper.reward_fn = spy
+    f.learn(128)
+    obs, actions, rewards = seen[-1]
+    np.testing.assert_allclose(rewards, rm.relabel(obs, actions).numpy(), rtol=1e-6)
+    with torch.no_grad():
+        rm.net[-1].bias += 3.0
+    f.learn(128)
+    obs2, actions2, rewards2 = seen[-1]
+    np.testing.assert_allclose(rewards2, rm.relabel(obs2, actions2).numpy(), rtol=1e-6)
+    # the recorder keeps the environment's own reward, not the learned one
+    batch = f.collect(64)
+    assert batch.obs.shape == (64, 2, 3)
+    true_r = batch.true_rewards
+    assert (true_r <= 0).all() and (true_r > -17).all()  # Pendulum's reward range
+
+
+def test_recorder_true_rewards_match_monitor_episode_returns():
+    f, _ = _follower("sac")
+    f.learn(600)  # 3 Pendulum episodes (200 steps each) per env
+    batch = f.collect(300)
+    returns = sorted(batch.episode_returns())
+    monitor = sorted(info["r"] for info in f.model.ep_info_buffer)
+    assert len(returns) >= 2
+    for r in returns:
+        assert min(abs(r - m) for m in monitor) < 1e-3
+    assert batch.timesteps.max() == 199 and batch.episode_starts.sum() >= 2
+
+
+def test_sac_refuses_discrete_actions():
+    with pytest.raises(ValueError, match="follower=sac"):
+        SB3Follower("sac", "CartPole-v1", 1, 0, {})
+
+
+def test_temperature_and_action_dist():
+    f, _ = _follower("sac")
+    assert f.temperature == pytest.approx(1.0)  # auto_1.0 default of SB3 SAC when ent_coef="auto"
+    dist = f.action_dist(np.zeros((5, 3), np.float32))
+    assert dist.sample().shape == (5, 1)
+    g, _ = _follower("ppo", env_id="CartPole-v1")
+    probs = g.action_dist(np.zeros((5, 4), np.float32)).distribution.probs
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5))
+    assert isinstance(g.action_space, gym.spaces.Discrete)
