@@ -31,8 +31,9 @@ def test_sac_replay_samples_are_relabelled_by_the_current_reward_model():
     low, high = torch.as_tensor(f.action_space.low), torch.as_tensor(f.action_space.high)
     env_actions = low + 0.5 * (batch.actions + 1) * (high - low)  # SAC stores actions scaled to [-1, 1]
     np.testing.assert_allclose(batch.rewards.squeeze(1), rm.relabel(batch.observations, env_actions), rtol=1e-6)
-    # the stored rewards are the true ones, and they differ from the learned ones
-    assert not torch.allclose(batch.rewards.squeeze(1), torch.as_tensor(buf.rewards[:64, 0]))
+    # the true rewards are kept beside the learned ones, and differ from them
+    assert (buf.true_rewards[:300] <= 0).all() and (buf.true_rewards[:300] > -17).all()  # Pendulum's range
+    assert not np.allclose(buf.rewards[:300], buf.true_rewards[:300])
     # a reward-model change is seen by the very next sampled batch
     with torch.no_grad():
         rm.net[-1].bias += 5.0
@@ -41,6 +42,10 @@ def test_sac_replay_samples_are_relabelled_by_the_current_reward_model():
     torch.testing.assert_close(again.observations, batch.observations)
     shift = (again.rewards - batch.rewards).squeeze(1)
     torch.testing.assert_close(shift, torch.full_like(shift, 5.0 * float(rm.reward_scale)))
+    # between reward-model changes each transition's reward is computed once, not once per sample
+    np.random.seed(2)
+    buf.sample(64)
+    assert buf.refresh(np.arange(300)) == 0
 
 
 def test_relabel_runs_in_eval_mode_without_grad():

@@ -31,25 +31,64 @@ from bilevel_rl.reward_models.base import RewardModel
 
 
 class RelabelingReplayBuffer(ReplayBuffer):
-    """SB3 replay buffer whose sampled rewards come from the *current* reward model.
+    """SB3 replay buffer whose sampled rewards always come from the *current* reward model.
 
-    The stored rewards are the environment's true rewards (kept for diagnostics); ``reward_fn`` receives the
-    sampled observations and *environment-space* actions (SAC stores actions scaled to [-1, 1]).
+    ``true_rewards`` keeps the environment's rewards; SB3's ``rewards`` array is used as a cache of learned
+    rewards, so SB3's own ``_get_samples`` (and its RNG draws) stay untouched. Before each sample, if any row of
+    the batch was computed under an older reward model, every stale row in the buffer is recomputed at once, in
+    fixed blocks of ``block_size`` rows (fixed shapes keep the arithmetic identical between runs). A reward model
+    counts as changed when any parameter or buffer was replaced or modified in place (torch's version counters),
+    so a leader step, a normalisation update or a manual edit are all seen by the very next sampled batch.
+    Between leader updates this computes each transition's reward once instead of once per sample.
     """
 
-    reward_fn: Any = None
+    reward_model: RewardModel | None = None
     action_low: torch.Tensor | None = None
     action_high: torch.Tensor | None = None
+    block_size: int = 1024
+    _fingerprint: Any = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.true_rewards = np.zeros_like(self.rewards)
+        self.fresh = np.zeros((self.buffer_size,), dtype=bool)
+
+    @override
+    def add(self, obs: Any, next_obs: Any, action: Any, reward: Any, done: Any, infos: Any) -> None:
+        self.true_rewards[self.pos] = np.array(reward)
+        self.fresh[self.pos] = False
+        super().add(obs, next_obs, action, reward, done, infos)
+
+    def refresh(self, rows: np.ndarray | None = None) -> int:
+        """Recompute stale learned rewards if any of ``rows`` (default: all) is stale; return rows recomputed."""
+        model = self.reward_model
+        if model is None:
+            return 0
+        fingerprint = model.fingerprint()
+        if fingerprint != self._fingerprint:
+            self.fresh[:] = False
+            self._fingerprint = fingerprint
+        upper = self.buffer_size if self.full else self.pos
+        if rows is not None and self.fresh[rows].all():
+            return 0
+        stale = np.flatnonzero(~self.fresh[:upper])
+        done = 0
+        for block in np.unique(stale // self.block_size):
+            lo, hi = block * self.block_size, min((block + 1) * self.block_size, self.buffer_size)
+            obs = self.to_torch(self.observations[lo:hi].reshape(-1, *self.obs_shape))
+            act = self.to_torch(self.actions[lo:hi].reshape(-1, self.action_dim))
+            if self.action_low is not None and self.action_high is not None:  # stored scaled to [-1, 1]
+                act = self.action_low + 0.5 * (act + 1.0) * (self.action_high - self.action_low)
+            reward = model.relabel(obs, act).reshape(hi - lo, self.n_envs)
+            self.rewards[lo:hi] = reward.cpu().numpy()
+            self.fresh[lo:hi] = True
+            done += hi - lo
+        return done
+
+    @override
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
-        data = super()._get_samples(batch_inds, env)
-        if self.reward_fn is None:
-            return data
-        actions = data.actions
-        if self.action_low is not None and self.action_high is not None:
-            actions = self.action_low + 0.5 * (actions + 1.0) * (self.action_high - self.action_low)
-        rewards = self.reward_fn(data.observations, actions).reshape(-1, 1).to(data.rewards.dtype)
-        return data._replace(rewards=rewards)
+        self.refresh(batch_inds)
+        return super()._get_samples(batch_inds, env)
 
 
 class _GlobalProgressMixin:
@@ -204,7 +243,7 @@ class SB3Follower(Follower):
         self.reward_model = reward_model
         if self.algo == "sac":
             buf = self.model.replay_buffer  # type: ignore[attr-defined]
-            buf.reward_fn = reward_model.relabel
+            buf.reward_model = reward_model
             space = self.action_space
             assert isinstance(space, gym.spaces.Box)
             buf.action_low = torch.as_tensor(space.low, dtype=torch.float32, device=self.model.device)
@@ -343,7 +382,9 @@ class SB3Follower(Follower):
             state["wrapper_prev_obs"] = self.reward_wrapper.prev_obs
         if self.algo == "sac":
             buf = m.replay_buffer  # type: ignore[attr-defined]
-            skip = {"reward_fn", "action_low", "action_high", "device"}
+            # the reward cache is not trusted after a restore (_fingerprint is dropped): the first sample
+            # recomputes it, exactly as the uninterrupted run does after the leader step before the checkpoint
+            skip = {"reward_model", "action_low", "action_high", "device", "_fingerprint"}
             state["replay_buffer"] = {k: v for k, v in buf.__dict__.items() if k not in skip}
         return state
 
@@ -373,6 +414,7 @@ class SB3Follower(Follower):
         if self.algo == "sac":
             buf = m.replay_buffer  # type: ignore[attr-defined]
             buf.__dict__.update(state["replay_buffer"])
+            buf._fingerprint = None
 
     @override
     def close(self) -> None:

@@ -28,6 +28,14 @@ class RewardModel(nn.Module, ABC):
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Raw rewards ``(B,)`` for a flat batch."""
 
+    def fingerprint(self) -> tuple[tuple[int, int], ...]:
+        """Changes whenever a parameter or buffer is replaced or modified in place.
+
+        Built from each tensor's storage address and torch's in-place version counter; followers use it to know
+        that cached rewards are stale.
+        """
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+
     @property
     def device(self) -> torch.device:
         """Device of the parameters."""

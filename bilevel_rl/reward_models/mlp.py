@@ -16,8 +16,8 @@ from bilevel_rl.reward_models.base import RewardModel
 class MLPRewardModel(RewardModel):
     """``r_φ(s, a) = MLP([flatten(s), a])``; discrete actions are one-hot encoded.
 
-    The papers give no MuJoCo reward architecture (SoBiRL digest pitfall 17); we use two hidden layers of 256
-    with leaky ReLU (slope 0.01, as in the SoBiRL Atari CNN).
+    The bilevel papers give no MuJoCo reward architecture (SoBiRL digest pitfall 17); the default is that of
+    DRLHF itself (Christiano et al. 2017, MuJoCo): two hidden layers of 64 with leaky ReLU (slope 0.01).
 
     Args:
         observation_space: the follower's observation space (Box).
@@ -38,7 +38,7 @@ class MLPRewardModel(RewardModel):
         self,
         observation_space: gym.spaces.Space,
         action_space: gym.spaces.Space,
-        hidden_sizes: Sequence[int] = (256, 256),
+        hidden_sizes: Sequence[int] = (64, 64),
         use_action: bool = True,
         normalize_inputs: bool = True,
     ) -> None:
@@ -99,7 +99,7 @@ def make_reward_model(
     name: str,
     observation_space: gym.spaces.Space,
     action_space: gym.spaces.Space,
-    hidden_sizes: Sequence[int] = (256, 256),
+    hidden_sizes: Sequence[int] = (64, 64),
     use_action: bool = True,
     normalize: bool = True,
     normalize_inputs: bool = True,
