@@ -122,6 +122,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         checkpoint_every=int(cfg.checkpoint.every),
         checkpoint_keep=int(cfg.checkpoint.keep),
         video_every=int(t.video_every),
+        video_length=int(t.video_length),
     )
     resume_step = None
     ckpt = None

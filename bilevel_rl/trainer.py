@@ -55,6 +55,7 @@ class TrainerConfig:
         checkpoint_every: checkpoint every this many iterations (and at the last).
         checkpoint_keep: how many checkpoints to keep.
         video_every: log a policy video every this many iterations (0: never).
+        video_length: at most this many frames per video.
     """
 
     total_steps: int = 100_000
@@ -70,6 +71,7 @@ class TrainerConfig:
     checkpoint_every: int = 1
     checkpoint_keep: int = 2
     video_every: int = 0
+    video_length: int = 300
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -169,7 +171,9 @@ class Trainer:
         self.last_eval = metrics["eval/true_return"]
         if c.video_every > 0 and (final or self.iteration % c.video_every == 0):
             try:
-                frames = self.follower.record_video(seed=self.seed + 20_000)  # type: ignore[attr-defined]
+                frames = self.follower.record_video(  # type: ignore[attr-defined]
+                    seed=self.seed + 20_000, max_steps=c.video_length
+                )
                 self.logger.log_video("eval/video", frames, self.follower.num_timesteps)
             except Exception as exc:  # noqa: BLE001 - a render backend failure must not kill the run
                 log.warning("video recording failed (set MUJOCO_GL=egl for MuJoCo): %s", exc)
