@@ -5,8 +5,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import pytest
+import torch
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
+
+# One intra-op thread: tiny tensors on a shared 2-core machine are otherwise dominated by thread-pool sync
+# (measured: torch.softmax on a 6x3 tensor took 5 ms under load with the default pool).
+torch.set_num_threads(1)
 
 
 def make_batch(rewards, dones, terminated=None, obs_dim=3, act_dim=2, starts=None):

@@ -1,0 +1,277 @@
+"""Tabular followers behind the deep `Follower` seam: exact soft-VI oracle, soft Q-learning, policy mirror descent.
+
+All three act in a vectorised tabular environment (``E`` copies of a :class:`SoftMDP`, episodes truncated after
+``episode_length`` steps, one-hot observations), train on the leader's *current* reward model (evaluated on every
+(s, a) pair whenever they learn), record their transitions for :meth:`collect`, and report the exact value of
+their policy on the true reward as ``eval/true_return``. The trainer, teachers, buffers and upper rules of the
+deep side therefore run on them unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from typing_extensions import override
+
+from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.followers.base import Follower, TransitionRecorder
+from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.tabular.reward import one_hot_space
+from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, policy_evaluation, solve_soft
+
+
+@dataclass
+class TabularEnvConfig:
+    """Sampling set-up of a tabular follower.
+
+    Attributes:
+        n_envs: parallel environment copies.
+        episode_length: steps before an episode is truncated (time limit) and restarted from ``rho``.
+        record_steps: steps per env kept for :meth:`Follower.collect`.
+    """
+
+    n_envs: int = 4
+    episode_length: int = 50
+    record_steps: int = 1000
+
+
+class TabularFollower(Follower):
+    """Shared machinery: sampling, recording, exact evaluation, checkpoints.
+
+    Args:
+        mdp: dynamics, initial distribution, discount and temperature τ.
+        true_reward: ``(S, A)`` the environment's own reward (teacher and evaluation only).
+        config: sampling set-up.
+        seed: seed of the follower's ``np.random.Generator``.
+    """
+
+    def __init__(self, mdp: SoftMDP, true_reward: torch.Tensor, config: TabularEnvConfig, seed: int) -> None:
+        self.mdp = mdp
+        self.true_reward = true_reward.to(DTYPE)
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+        self.observation_space = one_hot_space(mdp.num_states)
+        self.action_space = gym.spaces.Discrete(mdp.num_actions)
+        self.pi = torch.full((mdp.num_states, mdp.num_actions), 1.0 / mdp.num_actions, dtype=DTYPE)
+        self.reward_model: RewardModel | None = None
+        self.recorder = TransitionRecorder(config.record_steps, config.n_envs)
+        self._cum_p = np.cumsum(mdp.P.numpy(), axis=-1)
+        self._rho_cum = np.cumsum(mdp.rho.numpy())
+        self.states = self._reset_states(config.n_envs)
+        self.t = np.zeros(config.n_envs, dtype=np.int64)
+        self._steps = 0
+
+    # ------------------------------------------------------------------ seam
+    @override
+    def set_reward_model(self, reward_model: RewardModel) -> None:
+        self.reward_model = reward_model
+
+    def reward_table(self) -> torch.Tensor:
+        """The current learned reward on every (s, a), as the follower sees it (``relabel``: eval, no grad)."""
+        if self.reward_model is None:
+            raise RuntimeError("set_reward_model() must be called before learning")
+        S, A = self.mdp.num_states, self.mdp.num_actions
+        obs = torch.eye(S, dtype=torch.float32).repeat_interleave(A, dim=0)
+        actions = torch.arange(A).repeat(S)
+        return self.reward_model.relabel(obs, actions).to(DTYPE).reshape(S, A)
+
+    @override
+    def collect(self, steps: int) -> TrajectoryBatch:
+        return self.recorder.batch(steps)
+
+    @property
+    @override
+    def num_timesteps(self) -> int:
+        return self._steps
+
+    @property
+    @override
+    def num_envs(self) -> int:
+        return self.config.n_envs
+
+    @property
+    @override
+    def temperature(self) -> float:
+        return float(self.mdp.tau)
+
+    def action_dist(self, obs: np.ndarray | torch.Tensor) -> torch.distributions.Categorical:
+        """Categorical ``π(·|s)`` for one-hot (or distribution-valued) observations ``(B, S)``."""
+        weights = torch.as_tensor(obs, dtype=DTYPE).reshape(-1, self.mdp.num_states)
+        return torch.distributions.Categorical(probs=weights @ self.pi)
+
+    @override
+    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+        """Exact values of the current policy (no sampling; ``episodes`` and ``seed`` are unused)."""
+        zero_tau = SoftMDP(self.mdp.P, self.mdp.rho, self.mdp.gamma, 1e-300)
+        _, v_true = policy_evaluation(self.pi, self.true_reward, zero_tau)
+        opt = solve_soft(self.true_reward, self.mdp)
+        return {
+            "eval/true_return": float(self.mdp.rho @ v_true),  # discounted, entropy-free, exact
+            "eval/soft_optimal_gap": float(
+                self.mdp.rho @ (opt.V - policy_evaluation(self.pi, self.true_reward, self.mdp)[1])
+            ),
+        }
+
+    # ------------------------------------------------------------------ sampling
+    def _reset_states(self, n: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(self._rho_cum, self.rng.random(n)), self.mdp.num_states - 1)
+
+    def _rollout(self, steps: int, on_step: Any = None, behaviour: Any = None) -> None:
+        """``steps`` vectorised, recorded steps (``on_step(s, a, s2)`` after each).
+
+        Actions come from the current policy, or from ``behaviour()`` (a ``(S, A)`` table) when given.
+        """
+        S = self.mdp.num_states
+        pi = (behaviour() if behaviour is not None else self.pi).numpy()
+        eye = np.eye(S, dtype=np.float32)
+        for _ in range(steps):
+            s = self.states
+            a = (self.rng.random(len(s))[:, None] > np.cumsum(pi[s], axis=1)).sum(axis=1)
+            a = np.minimum(a, self.mdp.num_actions - 1)
+            s2 = np.minimum((self.rng.random(len(s))[:, None] > self._cum_p[s, a]).sum(axis=1), S - 1)
+            r = self.true_reward.numpy()[s, a]
+            self.t += 1
+            truncated = self.t >= self.config.episode_length
+            self.recorder.add(eye[s], a.astype(np.int64), r, truncated, truncated)
+            if on_step is not None:
+                on_step(s, a, s2)
+                pi = (behaviour() if behaviour is not None else self.pi).numpy()
+            restart = self._reset_states(len(s))
+            self.states = np.where(truncated, restart, s2)
+            self.t = np.where(truncated, 0, self.t)
+            self._steps += len(s)
+
+    @override
+    def learn(self, steps: int) -> dict[str, float]:
+        per_env = max(1, steps // self.num_envs)
+        metrics = self._learn(per_env)
+        metrics["follower/temperature"] = self.temperature
+        returns = self.recorder.batch(per_env).episode_returns()
+        if returns:
+            metrics["follower/ep_true_return"] = float(np.mean(returns))
+        return metrics
+
+    @abstractmethod
+    def _learn(self, steps_per_env: int) -> dict[str, float]:
+        """Improve the policy on the current reward and take ``steps_per_env`` recorded steps."""
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pi": self.pi.clone(),
+            "rng": self.rng.bit_generator.state,
+            "states": self.states.copy(),
+            "t": self.t.copy(),
+            "steps": self._steps,
+            "recorder": self.recorder.state_dict(),
+            "extra": self._extra_state(),
+        }
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pi = state["pi"].clone()
+        self.rng.bit_generator.state = state["rng"]
+        self.states, self.t, self._steps = state["states"].copy(), state["t"].copy(), int(state["steps"])
+        self.recorder.load_state_dict(state["recorder"])
+        self._load_extra_state(state["extra"])
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class SoftVIOracle(TabularFollower):
+    """The exact best response: ``π ← π*(r_φ)`` (soft-optimal for the current reward), then sampling."""
+
+    @override
+    def _learn(self, steps_per_env: int) -> dict[str, float]:
+        self.pi = solve_soft(self.reward_table(), self.mdp).pi
+        self._rollout(steps_per_env)
+        return {}
+
+
+class SoftQLearning(TabularFollower):
+    """Online soft Q-learning (HPGD Alg. 4, without truncation) on the learned reward.
+
+    After every sampled transition ``Q(s,a) ← Q(s,a) + α_n (r_φ(s,a) + γ τ logsumexp(Q(s',·)/τ) − Q(s,a))``
+    (time-limit truncations bootstrap). The target does not depend on the behaviour policy, so we act with
+    ``(1−ε)·softmax(Q/τ) + ε·uniform``: with a small τ the pure softmax stops visiting actions whose Q is still at
+    its initial value and the iteration stalls. Step sizes: ``α_n = lr`` if ``lr`` is given, else the
+    count-based ``1 / n(s,a)^0.7`` (convergent: Σα = ∞, Σα² < ∞). The follower's policy is ``softmax(Q/τ)``.
+    """
+
+    def __init__(self, *args: Any, lr: float | None = None, epsilon: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if lr is not None and lr <= 0:
+            raise ValueError("follower.lr must be > 0")
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("follower.epsilon must be in [0, 1]")
+        self.lr, self.epsilon = lr, epsilon
+        self.Q = np.zeros((self.mdp.num_states, self.mdp.num_actions))
+        self.visits = np.zeros_like(self.Q)
+
+    def _behaviour(self) -> torch.Tensor:
+        return (1.0 - self.epsilon) * self.pi + self.epsilon / self.mdp.num_actions
+
+    @override
+    def _learn(self, steps_per_env: int) -> dict[str, float]:
+        table = self.reward_table().numpy()
+        tau, gamma = self.mdp.tau, self.mdp.gamma
+        q, visits = self.Q, self.visits
+
+        def update(s: np.ndarray, a: np.ndarray, s2: np.ndarray) -> None:
+            for i in range(len(s)):  # sequential: a repeated (s, a) within one vector step updates twice
+                z = q[s2[i]] / tau
+                v_next = tau * (z.max() + np.log(np.exp(z - z.max()).sum()))
+                visits[s[i], a[i]] += 1
+                alpha = self.lr if self.lr is not None else visits[s[i], a[i]] ** -0.7
+                q[s[i], a[i]] += alpha * (table[s[i], a[i]] + gamma * v_next - q[s[i], a[i]])
+            z = q / tau
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            self.pi = torch.as_tensor(e / e.sum(axis=1, keepdims=True))
+
+        self._rollout(steps_per_env, on_step=update, behaviour=self._behaviour)
+        return {"follower/q_max": float(np.abs(q).max())}
+
+    @override
+    def _extra_state(self) -> dict[str, Any]:
+        return {"Q": self.Q.copy(), "visits": self.visits.copy()}
+
+    @override
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.Q, self.visits = state["Q"].copy(), state["visits"].copy()
+
+
+class PolicyMirrorDescent(TabularFollower):
+    """Exact policy mirror descent for the entropy-regularised MDP (Cen et al. 2021; Lan 2022).
+
+    Update:
+
+    ``π_{k+1}(a|s) ∝ π_k(a|s)^{1/(1+ητ)} exp(η Q^{π_k}(s,a) / (1+ητ))`` with exact soft evaluation ``Q^{π_k}``
+    under the current learned reward; ``updates`` iterations per :meth:`learn` call, then sampling.
+    """
+
+    def __init__(self, *args: Any, eta: float = 1.0, updates: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if eta <= 0 or updates <= 0:
+            raise ValueError("follower.eta and follower.updates must be > 0")
+        self.eta, self.updates = eta, updates
+
+    @override
+    def _learn(self, steps_per_env: int) -> dict[str, float]:
+        table = self.reward_table()
+        tau, eta = self.mdp.tau, self.eta
+        for _ in range(self.updates):
+            q, _ = policy_evaluation(self.pi, table, self.mdp)
+            logits = (torch.log(self.pi.clamp_min(1e-300)) + eta * q) / (1.0 + eta * tau)
+            self.pi = torch.softmax(logits, dim=1)
+        self._rollout(steps_per_env)
+        return {}
