@@ -25,6 +25,7 @@ def test_help_and_cfg_job():
     out = cli("--cfg", "job", "exp=quickstart").stdout
     assert "id: Hopper-v5" in out and "exp_name: quickstart" in out
     assert "id: HalfCheetah-v5" in cli("--cfg", "job", "exp=quickstart", "env.id=HalfCheetah-v5").stdout
+    assert "exp_name: null" in cli("--cfg", "job").stdout  # no preset: the config prints, training would refuse
 
 
 def test_single_run_writes_a_complete_run_dir(tiny_run):
