@@ -42,26 +42,7 @@ from bilevel_rl.tabular.estimators import (
     state_resolvent,
 )
 from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, exact_hypergradient, policy_evaluation, random_mdp, solve_soft
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # the sampling loops are memory-bound; one thread is faster than two contended ones
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def compare(est, exact):
-    """(cosine, relative error) of an estimate against the exact value."""
-    cos = F.cosine_similarity(est.reshape(-1), exact.reshape(-1), dim=0).item()
-    return cos, ((est - exact).norm() / exact.norm()).item()
-
-
-def assert_matches(est, exact, cos_min=0.99, rel_max=0.05):
-    cos, rel = compare(est, exact)
-    assert cos >= cos_min and rel <= rel_max, f"cosine {cos:.4f}, relative error {rel:.4f}"
+from tests.tabular_helpers import assert_matches, compare, gen
 
 
 def assert_allclose(actual, expected, atol, rtol=0.0):
@@ -86,10 +67,6 @@ def problem(S, A, gamma, tau, seed, n=3, sticky=False):
         return torch.tanh(feats @ z)
 
     return mdp, reward_fn, x, g
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ mean at the stated sample size; closed forms are checked against finite differen
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bilevel_rl.tabular.estimators import (
     BradleyTerryLoss,
@@ -36,28 +35,7 @@ from bilevel_rl.tabular.estimators import (
     value_penalty_grad_exact,
 )
 from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, random_mdp, solve_soft
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def compare(est, exact):
-    cos = F.cosine_similarity(est.reshape(-1), exact.reshape(-1), dim=0).item()
-    return cos, ((est - exact).norm() / exact.norm()).item()
-
-
-def assert_matches(est, exact, cos_min=0.99, rel_max=0.05):
-    cos, rel = compare(est, exact)
-    assert cos >= cos_min and rel <= rel_max, f"cosine {cos:.4f}, relative error {rel:.4f}"
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
+from tests.tabular_helpers import assert_matches, compare, gen
 
 
 def problem(S, A, gamma, tau, seed, n=3):

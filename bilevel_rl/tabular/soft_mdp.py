@@ -29,6 +29,14 @@ import torch
 DTYPE = torch.float64
 
 
+def check_discount_and_temperature(gamma: float, tau: float) -> None:
+    """Refuse a discount outside ``[0, 1)`` or a non-positive temperature."""
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+
+
 @dataclass
 class SoftMDP:
     """Dynamics of a finite soft MDP (the reward is supplied separately, so the leader can own it).
@@ -50,10 +58,7 @@ class SoftMDP:
             raise ValueError(f"P must have shape (S, A, S), got {tuple(self.P.shape)}")
         if not torch.allclose(self.P.sum(-1), torch.ones((), dtype=self.P.dtype)):
             raise ValueError("P[s, a, :] must sum to one")
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+        check_discount_and_temperature(self.gamma, self.tau)
 
     @property
     def num_states(self) -> int:

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, SoftSolution, solve_soft
+from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, SoftSolution, check_discount_and_temperature, solve_soft
 
 Player = Literal["leader", "follower"]
 
@@ -65,10 +65,7 @@ class StackelbergGame:
             raise ValueError("r_l and r_f must have shape (S, A_l, A_f)")
         if not torch.allclose(self.P.sum(-1), torch.ones((), dtype=self.P.dtype)):
             raise ValueError("P[s, a_l, a_f, :] must sum to one")
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+        check_discount_and_temperature(self.gamma, self.tau)
 
     @property
     def num_states(self) -> int:
