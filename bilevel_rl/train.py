@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
 from bilevel_rl.checkpoint import latest_checkpoint
-from bilevel_rl.config import ConfigError, validate
+from bilevel_rl.config import CONFIG_DIR, GROUPS, ConfigError, validate
 from bilevel_rl.data.preference_buffer import PreferenceBuffer
 from bilevel_rl.data.teachers import make_teacher
 from bilevel_rl.followers.sb3 import make_follower
@@ -42,24 +42,19 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, cli_overrides: list[str]) -> 
     if cfg.get("exp_name"):
         merged = cfg  # a full config was given on the CLI: use it, identity is checked against the checkpoint
     else:
+        groups: list[DictConfig] = []
         dotlist = []
         for arg in cli_overrides:
             key, _, value = arg.partition("=")
             key = key.lstrip("+~")
             if key.startswith("hydra.") or key == "checkpoint.resume_from":
                 continue
-            if "." not in key:  # a group choice, e.g. follower=ppo
-                name = value
-                if key in ("follower", "upper") and name != saved[key].name:
-                    raise ConfigError(
-                        f"checkpoint.resume_from: the run used {key}={saved[key].name}; "
-                        f"resuming with {key}={name} is refused"
-                    )
-                if key == "env":
-                    continue
-                continue
-            dotlist.append(f"{key}={value}")
-        merged_any = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
+            if key in GROUPS and key != "exp":  # a group choice, e.g. env=halfcheetah: merge that preset
+                preset = OmegaConf.load(CONFIG_DIR / key / f"{value}.yaml")
+                groups.append(OmegaConf.create({key: preset}))
+            else:
+                dotlist.append(f"{key}={value}")
+        merged_any = OmegaConf.merge(saved, *groups, OmegaConf.from_dotlist(dotlist))
         assert isinstance(merged_any, DictConfig)
         merged = merged_any
     for key, label in (("env.id", "env"), ("follower.name", "follower"), ("upper.name", "upper")):

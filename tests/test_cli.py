@@ -81,7 +81,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_run, tmp_path):
 
 
 def test_resume_refuses_a_changed_follower_or_env(tiny_run):
-    for override, key in (("follower=ppo", "follower"), ("env.id=MountainCarContinuous-v0", "env.id")):
+    for override, key in (
+        ("follower=ppo", "follower"),
+        ("env.id=MountainCarContinuous-v0", "env.id"),
+        ("env=halfcheetah", "env.id"),
+        ("upper.name=sobirl", "upper"),
+    ):
         proc = cli(f"checkpoint.resume_from={tiny_run}", override, check=False)
         assert proc.returncode == 2, proc.stderr[-2000:]
         line = proc.stderr.strip().splitlines()[-1]
