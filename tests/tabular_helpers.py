@@ -3,6 +3,8 @@
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, random_mdp
+
 
 def compare(est, exact):
     """(cosine, relative error) of an estimate against the exact value."""
@@ -17,3 +19,21 @@ def assert_matches(est, exact, cos_min=0.99, rel_max=0.05):
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+def problem(S, A, gamma, tau, seed, n=3, sticky=False):
+    """A random soft MDP and reward r_x = tanh(Fx). ``sticky``: peaked transitions softmax(3 N(0, 1)), so actions have
+    persistent effects and the long-horizon part of ∇Q / ∂A is large (on Dirichlet(1) MDPs it is often < 10%)."""
+    g = gen(seed)
+    if sticky:
+        P = torch.softmax(3.0 * torch.randn(S, A, S, generator=g, dtype=DTYPE), -1)
+        mdp = SoftMDP(P, torch.full((S,), 1.0 / S, dtype=DTYPE), gamma, tau)
+    else:
+        mdp = random_mdp(S, A, gamma, tau, g)
+    feats = torch.randn(S, A, n, generator=g, dtype=DTYPE)
+    x = torch.randn(n, generator=g, dtype=DTYPE)
+
+    def reward_fn(z):
+        return torch.tanh(feats @ z)
+
+    return mdp, reward_fn, x, g

@@ -41,32 +41,14 @@ from bilevel_rl.tabular.estimators import (
     state_action_resolvent,
     state_resolvent,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, exact_hypergradient, policy_evaluation, random_mdp, solve_soft
-from tests.tabular_helpers import assert_matches, compare, gen
+from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, policy_evaluation, solve_soft
+from tests.tabular_helpers import assert_matches, compare, gen, problem
 
 
 def assert_allclose(actual, expected, atol, rtol=0.0):
     # (torch.testing costs ~2 s of imports on first use)
     err = (actual - expected).abs()
     assert bool((err <= atol + rtol * expected.abs()).all()), f"max abs error {err.max().item():.3g}"
-
-
-def problem(S, A, gamma, tau, seed, n=3, sticky=False):
-    """A random soft MDP and reward r_x = tanh(Fx). ``sticky``: peaked transitions softmax(3 N(0, 1)), so actions have
-    persistent effects and the long-horizon part of ∇Q / ∂A is large (on Dirichlet(1) MDPs it is often < 10%)."""
-    g = gen(seed)
-    if sticky:
-        P = torch.softmax(3.0 * torch.randn(S, A, S, generator=g, dtype=DTYPE), -1)
-        mdp = SoftMDP(P, torch.full((S,), 1.0 / S, dtype=DTYPE), gamma, tau)
-    else:
-        mdp = random_mdp(S, A, gamma, tau, g)
-    feats = torch.randn(S, A, n, generator=g, dtype=DTYPE)
-    x = torch.randn(n, generator=g, dtype=DTYPE)
-
-    def reward_fn(z):
-        return torch.tanh(feats @ z)
-
-    return mdp, reward_fn, x, g
 
 
 # ---------------------------------------------------------------------------------------------------------------

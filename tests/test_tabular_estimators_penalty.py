@@ -34,20 +34,8 @@ from bilevel_rl.tabular.estimators import (
     value_penalty_grad_estimate,
     value_penalty_grad_exact,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, random_mdp, solve_soft
-from tests.tabular_helpers import assert_matches, compare, gen
-
-
-def problem(S, A, gamma, tau, seed, n=3):
-    g = gen(seed)
-    mdp = random_mdp(S, A, gamma, tau, g)
-    feats = torch.randn(S, A, n, generator=g, dtype=DTYPE)
-    x = torch.randn(n, generator=g, dtype=DTYPE)
-
-    def reward_fn(z):
-        return torch.tanh(feats @ z)
-
-    return mdp, reward_fn, x, g
+from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, solve_soft
+from tests.tabular_helpers import assert_matches, compare, gen, problem
 
 
 def finite_difference(fn, x, eps=1e-5):
