@@ -52,6 +52,25 @@ def _non_negative(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}: must be >= 0, got {value!r}")
 
 
+def _check_rule(cfg: DictConfig) -> None:
+    """The rule exists, its hyperparameters construct, and it can run with the chosen follower."""
+    from bilevel_rl.upper.base import make_rule, rule_classes
+
+    name = str(cfg.upper.name)
+    container = OmegaConf.to_container(cfg.upper, resolve=True)
+    assert isinstance(container, dict)
+    params = {str(k): v for k, v in container.items() if k != "name"}
+    try:
+        rule_cls, _ = rule_classes(name)
+        make_rule(name, params)
+    except ValueError as exc:
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(msg if msg.startswith("upper") else f"upper ({name}): {msg}") from None
+    reason = rule_cls.check_follower(str(cfg.follower.name), params)
+    if reason:
+        raise ConfigError(f"upper={name} with follower={cfg.follower.name}: {reason}")
+
+
 def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
     """Check a composed config; return facts learned on the way (the env's spaces).
 
@@ -96,8 +115,7 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         raise ConfigError("trainer.initial_steps: must be > 0 when buffer.initial_pairs > 0 (pairs need transitions)")
     if cfg.follower.name not in ("sac", "ppo", "a2c"):
         raise ConfigError(f"follower.name: unknown follower {cfg.follower.name!r}")
-    if cfg.upper.name not in ("drlhf",):
-        raise ConfigError(f"upper.name: unknown upper rule {cfg.upper.name!r}")
+    _check_rule(cfg)
     if cfg.logger.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"logger.mode: must be online, offline or disabled, got {cfg.logger.mode!r}")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):

@@ -172,5 +172,7 @@ def run(cfg: DictConfig, run_dir: Path, cli_overrides: list[str] | None = None) 
     finally:
         trainer.logger.close()
         trainer.follower.close()
+        for aux in trainer.rule.auxiliary_followers().values():
+            aux.close()
     log.info("done: %s", {k: round(v, 4) for k, v in final.items() if k.startswith(("eval/", "reward_model/"))})
     return final

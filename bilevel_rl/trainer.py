@@ -142,7 +142,10 @@ class Trainer:
 
     def _upper_stage(self, epochs: int, batch: TrajectoryBatch) -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = self.rule.update(self.buffer, epochs, self.rng)
+        metrics = self.rule.update(self.buffer, epochs, self.rng, batch=batch, iteration=self.iteration)
+        aux = self.rule.auxiliary_followers()
+        if aux:
+            metrics["time/aux_env_steps"] = float(sum(f.num_timesteps for f in aux.values()))
         if self.reward_model.normalize:
             self.reward_model.update_normalization(batch.flat_obs(), batch.flat_actions())
         metrics["reward_model/scale"] = float(self.reward_model.reward_scale)
@@ -152,6 +155,8 @@ class Trainer:
     @torch.no_grad()
     def _diagnose_stage(self, batch: TrajectoryBatch) -> dict[str, float]:
         t0 = time.perf_counter()
+        if not self.rule.uses_preferences:
+            return {"follower/true_reward_mean": float(batch.true_rewards.mean())}
         pred = self.reward_model.relabel(batch.flat_obs(), batch.flat_actions()).cpu().numpy()
         true = batch.true_rewards.reshape(-1)
         return {
@@ -210,6 +215,8 @@ class Trainer:
 
     def _iteration(self, steps: int, pairs: int, epochs: int, t_start: float) -> dict[str, float]:
         metrics, batch = self._learn_stage(steps)
+        if not self.rule.uses_preferences:
+            pairs = epochs = 0
         if self.iteration == 0:
             self.reward_model.fit_input_normalization(batch.flat_obs())
         if pairs > 0:
@@ -240,12 +247,15 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint everything needed to continue exactly."""
         fstate = self.follower.state_dict()
+        aux_states = {name: f.state_dict() for name, f in self.rule.auxiliary_followers().items()}
         tensors = {
             "reward_model": self.reward_model.state_dict(),
             "rule": self.rule.state_dict(),
             "follower_params": fstate.pop("params", None),
             "follower_torch_vars": fstate.pop("torch_vars", {}),
             "torch_rng": torch.get_rng_state(),
+            "aux_params": {n: st.pop("params", None) for n, st in aux_states.items()},
+            "aux_torch_vars": {n: st.pop("torch_vars", {}) for n, st in aux_states.items()},
         }
         rng = capture_rng()
         rng.pop("torch")
@@ -258,6 +268,7 @@ class Trainer:
             "global_rng": rng,
             "buffer": self.buffer.state_dict(),
             "follower": fstate,
+            "aux_followers": aux_states,
         }
         return save_checkpoint(self.run_dir, self.follower.num_timesteps, tensors, state, self.cfg.checkpoint_keep)
 
@@ -277,6 +288,11 @@ class Trainer:
         fstate["params"] = tensors["follower_params"]
         fstate["torch_vars"] = tensors["follower_torch_vars"]
         self.follower.load_state_dict(fstate)
+        for name, follower in self.rule.auxiliary_followers().items():
+            astate = dict(state["aux_followers"][name])
+            astate["params"] = tensors["aux_params"][name]
+            astate["torch_vars"] = tensors["aux_torch_vars"][name]
+            follower.load_state_dict(astate)
         self.buffer.load_state_dict(state["buffer"])
         self.iteration = int(state["iteration"])
         self.last_eval = float(state["last_eval"])

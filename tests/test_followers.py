@@ -104,9 +104,47 @@ def test_sac_refuses_discrete_actions():
 def test_temperature_and_action_dist():
     f, _ = _follower("sac")
     assert f.temperature == pytest.approx(1.0)  # auto_1.0 default of SB3 SAC when ent_coef="auto"
-    dist = f.action_dist(np.zeros((5, 3), np.float32))
-    assert dist.sample().shape == (5, 1)
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    dist = f.action_dist(obs)
+    a = dist.sample()
+    assert a.shape == (5, 1) and (a.abs() <= 2.0).all()  # Pendulum's env units, [-2, 2]
+    # same density as SB3's own squashed Gaussian on the scaled action, with the Jacobian of the rescaling
+    actor = f.model.actor
+    mean, log_std, kw = actor.get_action_dist_params(torch.as_tensor(obs))
+    sb3 = actor.action_dist.proba_distribution(mean, log_std, **kw)
+    expected = sb3.log_prob(a / 2.0) - np.log(2.0)
+    torch.testing.assert_close(dist.log_prob(a), expected, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(dist.log_prob(torch.full((5, 1), 2.0))).all()  # boundary actions stay finite
     g, _ = _follower("ppo", env_id="CartPole-v1")
-    probs = g.action_dist(np.zeros((5, 4), np.float32)).distribution.probs
+    probs = g.action_dist(np.zeros((5, 4), np.float32)).probs
     torch.testing.assert_close(probs.sum(-1), torch.ones(5))
+    assert not g.action_dist(np.zeros((5, 4), np.float32)).probs.requires_grad
+    assert g.action_dist(np.zeros((5, 4), np.float32), grad=True).probs.requires_grad
     assert isinstance(g.action_space, gym.spaces.Discrete)
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo", "a2c"])
+def test_extra_policy_loss_moves_the_policy(algo):
+    """The hook adds its gradient at every policy step: a loss rewarding large actions pushes the mean up
+    compared with the same follower (same seed) trained without it."""
+    obs = torch.zeros(16, 3)
+    means = []
+    for hooked in (False, True):
+        torch.manual_seed(0)
+        f, _ = _follower(algo)
+        if hooked:
+            f.set_extra_policy_loss(lambda f=f: -10.0 * f.action_dist(obs, grad=True).rsample().mean())
+        metrics = f.learn(400)
+        assert ("follower/extra_policy_loss" in metrics) == hooked
+        assert f.extra_loss_count == 0  # reported and reset by learn()
+        means.append(float(f.action_dist(obs).sample((400,)).mean()))
+    assert means[1] > means[0] + 0.25, means
+
+
+def test_spawn_builds_an_independent_follower():
+    f, rm = _follower("sac")
+    g = f.spawn(seed=7)
+    assert g is not f and g.env_id == f.env_id and g.seed == 7 and g.num_timesteps == 0
+    g.set_reward_model(rm)
+    g.learn(50)
+    assert g.num_timesteps == 50 and f.num_timesteps == 0

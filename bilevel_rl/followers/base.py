@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.reward_models.base import RewardModel
+
+ExtraPolicyLoss = Callable[[], torch.Tensor]
+"""A leader-supplied term added to the follower's policy loss at every policy gradient step (PBRL)."""
+
+
+@dataclass
+class Rollouts:
+    """Generative-model rollouts: ``N`` trajectories of ``T`` steps started at given observations.
+
+    Attributes:
+        obs: ``(N, T, *obs_shape)``.
+        actions: ``(N, T, *act_shape)`` in the environment's own action units.
+        mask: ``(N, T)`` 1 while the trajectory is alive (0 after a terminal state).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    mask: np.ndarray
 
 
 class Follower(ABC):
@@ -56,6 +77,62 @@ class Follower(ABC):
     @abstractmethod
     def temperature(self) -> float:
         """Entropy temperature: SAC α, the entropy coefficient of PPO/A2C, or τ of a tabular follower."""
+
+    def set_reward_model_to_true_reward(self) -> None:
+        """Train on the environment's own reward (the SAC-on-true-reward baseline); no reward model is used."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train on the true reward")
+
+    def action_dist(self, obs: np.ndarray | torch.Tensor, grad: bool = False) -> torch.distributions.Distribution:
+        """The current policy ``π(·|s)`` at a batch of observations ``(B, *obs_shape)``.
+
+        The distribution is over the environment's own action units, i.e. the units of
+        ``TrajectoryBatch.actions`` and of the reward model's input: ``Categorical`` for discrete actions, a
+        ``(B,)``-batched distribution with event shape ``act_shape`` for Box actions (SAC: tanh-squashed and
+        rescaled to ``[low, high]``). ``log_prob``, ``sample`` and (discrete) ``probs`` are what rules use.
+
+        Args:
+            obs: observations.
+            grad: build it with gradients w.r.t. the policy parameters (for extra policy losses).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its action distribution")
+
+    def set_extra_policy_loss(self, fn: ExtraPolicyLoss | None) -> None:
+        """Add ``fn()`` to the policy loss at every policy gradient step from now on (``None`` removes it).
+
+        ``fn`` must build its value through :meth:`action_dist` with ``grad=True``; only the policy parameters
+        receive its gradient. PBRL puts ``(1/λ)·(upper loss)`` here (PBRL §3.4; DESIGN.md).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support an extra policy loss")
+
+    def spawn(self, seed: int) -> Follower:
+        """A fresh follower of the same configuration with its own environments and seed.
+
+        Rules that need a best-response policy distinct from the follower (PBRL, Hessian-free) train one.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot spawn a second follower")
+
+    def rollouts_from(
+        self,
+        obs: np.ndarray,
+        first_actions: np.ndarray | None,
+        horizon: int,
+        rng: np.random.Generator,
+    ) -> Rollouts:
+        """On-policy rollouts of ``horizon`` steps from given observations (a generative model).
+
+        Args:
+            obs: ``(N, *obs_shape)`` start observations (the simulator is reset to the state behind each).
+            first_actions: ``(N, *act_shape)`` actions forced at step 0 (``None``: drawn from the policy).
+            horizon: steps per rollout.
+            rng: randomness of the rollouts.
+
+        Only simulators that can be reset to an arbitrary state support this (tabular followers); the
+        untruncated SoBiRL eq. 14 and HPGD Alg. 2 estimators need it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no generative model (reset to an arbitrary state); "
+            "use an estimator that needs only on-policy trajectories"
+        )
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

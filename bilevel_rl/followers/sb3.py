@@ -26,7 +26,7 @@ from typing_extensions import override
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.envs.make import LearnedRewardVecEnv, make_eval_env, make_train_env, torch_reward_fn
 from bilevel_rl.envs.state import get_env_state, set_env_state
-from bilevel_rl.followers.base import Follower, TransitionRecorder
+from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, TransitionRecorder
 from bilevel_rl.reward_models.base import RewardModel
 
 
@@ -89,6 +89,32 @@ class RelabelingReplayBuffer(ReplayBuffer):
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         self.refresh(batch_inds)
         return super()._get_samples(batch_inds, env)
+
+
+class _ClampedSquash(torch.distributions.TransformedDistribution):
+    """Tanh-squashed Gaussian whose ``log_prob`` clamps actions just inside the bounds (atanh(±1) = ∞)."""
+
+    def __init__(self, base: torch.distributions.Distribution, low: torch.Tensor, high: torch.Tensor) -> None:
+        loc, scale = (high + low) / 2, (high - low) / 2
+        transforms = [
+            torch.distributions.TanhTransform(cache_size=1),
+            torch.distributions.AffineTransform(loc=loc, scale=scale, event_dim=1),
+        ]
+        super().__init__(base, transforms)
+        self._lo, self._hi = low + 1e-5 * scale, high - 1e-5 * scale
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().log_prob(torch.maximum(torch.minimum(value, self._hi), self._lo))
+
+
+def squashed_gaussian(
+    mean: torch.Tensor, std: torch.Tensor, low: np.ndarray, high: np.ndarray
+) -> torch.distributions.Distribution:
+    """SAC's policy ``a = low + (tanh(u) + 1)(high − low)/2``, ``u ~ N(mean, std)``, as a torch distribution."""
+    lo = torch.as_tensor(low, dtype=mean.dtype, device=mean.device)
+    hi = torch.as_tensor(high, dtype=mean.dtype, device=mean.device)
+    base = torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+    return _ClampedSquash(base, lo, hi)
 
 
 class _GlobalProgressMixin:
@@ -198,6 +224,19 @@ class SB3Follower(Follower):
         env_kwargs: dict[str, Any] | None = None,
         device: str = "cpu",
     ) -> None:
+        self._init_kwargs: dict[str, Any] = {
+            "algo": algo,
+            "env_id": env_id,
+            "n_envs": n_envs,
+            "seed": seed,
+            "algo_kwargs": algo_kwargs,
+            "lr_schedule": lr_schedule,
+            "lr_horizon": lr_horizon,
+            "actor_lr": actor_lr,
+            "record_steps": record_steps,
+            "env_kwargs": env_kwargs,
+            "device": device,
+        }
         if algo not in _ALGOS:
             raise ValueError(f"follower.name: unknown follower {algo!r} (choose sac, ppo or a2c)")
         self.algo = algo
@@ -236,6 +275,10 @@ class SB3Follower(Follower):
         self._eval_env: gym.Env | None = None
         self.seed = seed
         self.reward_model: RewardModel | None = None
+        self.true_reward_only = False
+        self._extra_loss: ExtraPolicyLoss | None = None
+        self._extra_hook: Any = None
+        self.extra_loss_sum, self.extra_loss_count = 0.0, 0
 
     # ------------------------------------------------------------------ reward
     @override
@@ -255,7 +298,7 @@ class SB3Follower(Follower):
     # ------------------------------------------------------------------ learning
     @override
     def learn(self, steps: int) -> dict[str, float]:
-        if self.reward_model is None:
+        if self.reward_model is None and not self.true_reward_only:
             raise RuntimeError("set_reward_model() must be called before learn()")
         if steps <= 0:
             return {}
@@ -273,6 +316,9 @@ class SB3Follower(Follower):
                 metrics["follower/" + key.split("/", 1)[1]] = float(value)
         logger.name_to_value.clear()
         metrics["follower/temperature"] = self.temperature
+        if self.extra_loss_count:
+            metrics["follower/extra_policy_loss"] = self.extra_loss_sum / self.extra_loss_count
+            self.extra_loss_sum, self.extra_loss_count = 0.0, 0
         batch = self.recorder.batch(max(1, steps // self.num_envs))
         returns = batch.episode_returns()
         if returns:
@@ -303,15 +349,60 @@ class SB3Follower(Follower):
             return float(m.ent_coef_tensor.item())  # type: ignore[attr-defined]
         return float(m.ent_coef)  # type: ignore[attr-defined]
 
-    def action_dist(self, obs: np.ndarray | torch.Tensor) -> Any:
-        """SB3 action distribution of the current policy at ``obs`` (SAC: in the scaled [-1, 1] space)."""
+    @override
+    def action_dist(self, obs: np.ndarray | torch.Tensor, grad: bool = False) -> torch.distributions.Distribution:
+        """``π(·|s)`` in env action units.
+
+        SAC: tanh-squashed and rescaled to ``[low, high]``; PPO/A2C: Gaussian (the env clips its samples) or
+        categorical.
+        """
         o = torch.as_tensor(obs, device=self.model.device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             if self.algo == "sac":
                 actor = self.model.actor  # type: ignore[attr-defined]
-                mean, log_std, kw = actor.get_action_dist_params(o)
-                return actor.action_dist.proba_distribution(mean, log_std, **kw)
-            return self.model.policy.get_distribution(o)  # type: ignore[operator]
+                mean, log_std, _ = actor.get_action_dist_params(o)
+                space = self.action_space
+                assert isinstance(space, gym.spaces.Box)
+                return squashed_gaussian(mean, log_std.exp(), space.low, space.high)
+            dist = self.model.policy.get_distribution(o).distribution  # type: ignore[operator]
+            if isinstance(self.action_space, gym.spaces.Box):
+                return torch.distributions.Independent(dist, 1)
+            return dist
+
+    @override
+    def set_extra_policy_loss(self, fn: ExtraPolicyLoss | None) -> None:
+        self._extra_loss = fn
+        if self._extra_hook is None and fn is not None:
+            m = self.model
+            opt = m.actor.optimizer if self.algo == "sac" else m.policy.optimizer  # type: ignore[attr-defined]
+            self._extra_hook = opt.register_step_pre_hook(self._apply_extra_loss)
+
+    def _apply_extra_loss(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Runs right before each policy optimizer step: adds ``∇ fn()`` to the gradients SB3 just computed.
+
+        PPO/A2C clip the gradient norm before stepping, so the extra term is not clipped.
+        """
+        if self._extra_loss is None:
+            return
+        with torch.enable_grad():
+            extra = self._extra_loss()
+        extra.backward()
+        self.extra_loss_sum += float(extra.detach())
+        self.extra_loss_count += 1
+
+    @override
+    def spawn(self, seed: int) -> SB3Follower:
+        return SB3Follower(**{**self._init_kwargs, "seed": seed})
+
+    @override
+    def set_reward_model_to_true_reward(self) -> None:
+        self.reward_model = None
+        self.true_reward_only = True
+        if self.algo == "sac":
+            self.model.replay_buffer.reward_model = None  # type: ignore[attr-defined]
+        else:
+            assert self.reward_wrapper is not None
+            self.reward_wrapper.reward_fn = None
 
     # ------------------------------------------------------------------ evaluation
     @override

@@ -19,7 +19,7 @@ import torch
 from typing_extensions import override
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
-from bilevel_rl.followers.base import Follower, TransitionRecorder
+from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, Rollouts, TransitionRecorder
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.tabular.reward import one_hot_space
 from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, policy_evaluation, solve_soft
@@ -99,10 +99,41 @@ class TabularFollower(Follower):
     def temperature(self) -> float:
         return float(self.mdp.tau)
 
-    def action_dist(self, obs: np.ndarray | torch.Tensor) -> torch.distributions.Categorical:
+    @override
+    def action_dist(self, obs: np.ndarray | torch.Tensor, grad: bool = False) -> torch.distributions.Categorical:
         """Categorical ``π(·|s)`` for one-hot (or distribution-valued) observations ``(B, S)``."""
         weights = torch.as_tensor(obs, dtype=DTYPE).reshape(-1, self.mdp.num_states)
         return torch.distributions.Categorical(probs=weights @ self.pi)
+
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    @override
+    def spawn(self, seed: int) -> TabularFollower:
+        new = type(self)(self.mdp, self.true_reward, self.config, seed, **self._spawn_kwargs())
+        if self.reward_model is not None:
+            new.set_reward_model(self.reward_model)
+        return new
+
+    @override
+    def rollouts_from(
+        self, obs: np.ndarray, first_actions: np.ndarray | None, horizon: int, rng: np.random.Generator
+    ) -> Rollouts:
+        """Exact simulator restarts: one-hot ``obs`` name the states; actions follow the current policy."""
+        S, A = self.mdp.num_states, self.mdp.num_actions
+        s = np.asarray(obs).reshape(-1, S).argmax(axis=1)
+        n = len(s)
+        pi_cum = np.cumsum(self.pi.numpy(), axis=1)
+        states = np.zeros((n, horizon), dtype=np.int64)
+        actions = np.zeros((n, horizon), dtype=np.int64)
+        for t in range(horizon):
+            a = np.minimum((rng.random(n)[:, None] > pi_cum[s]).sum(axis=1), A - 1)
+            if t == 0 and first_actions is not None:
+                a = np.asarray(first_actions, dtype=np.int64).reshape(n)
+            states[:, t], actions[:, t] = s, a
+            s = np.minimum((rng.random(n)[:, None] > self._cum_p[s, a]).sum(axis=1), S - 1)
+        eye = np.eye(S, dtype=np.float32)
+        return Rollouts(obs=eye[states], actions=actions, mask=np.ones((n, horizon), dtype=np.float32))
 
     @override
     def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
@@ -215,8 +246,13 @@ class SoftQLearning(TabularFollower):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("follower.epsilon must be in [0, 1]")
         self.lr, self.epsilon = lr, epsilon
+        self._kwargs = {"lr": lr, "epsilon": epsilon}
         self.Q = np.zeros((self.mdp.num_states, self.mdp.num_actions))
         self.visits = np.zeros_like(self.Q)
+
+    @override
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
 
     def _behaviour(self) -> torch.Tensor:
         return (1.0 - self.epsilon) * self.pi + self.epsilon / self.mdp.num_actions
@@ -266,6 +302,10 @@ class PolicyMirrorDescent(TabularFollower):
         self.eta, self.updates = eta, updates
 
     @override
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        return {"eta": self.eta, "updates": self.updates}
+
+    @override
     def _learn(self, steps_per_env: int) -> dict[str, float]:
         table = self.reward_table()
         tau, eta = self.mdp.tau, self.eta
@@ -275,3 +315,69 @@ class PolicyMirrorDescent(TabularFollower):
             self.pi = torch.softmax(logits, dim=1)
         self._rollout(steps_per_env)
         return {}
+
+
+class SoftPolicyGradient(TabularFollower):
+    """Exact soft policy gradient on softmax logits ``θ`` (Adam), with an optional extra policy loss.
+
+    Each :meth:`learn` call takes ``updates`` Adam steps on ``−V^{π_θ}_{r_φ,τ}(ρ) + fn()`` (exact, differentiable
+    soft policy evaluation), where ``fn`` is the leader's extra policy loss (:meth:`set_extra_policy_loss`,
+    PBRL's ``(1/λ)·f``). Without ``fn`` it converges to the soft-optimal policy; with it, to the minimiser of the
+    penalised lower objective, which is what the penalty rules need from a tabular follower.
+    """
+
+    def __init__(self, *args: Any, lr: float = 0.1, updates: int = 50, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if lr <= 0 or updates <= 0:
+            raise ValueError("follower.lr and follower.updates must be > 0")
+        self.lr, self.updates = lr, updates
+        self.theta = torch.zeros(self.mdp.num_states, self.mdp.num_actions, dtype=DTYPE, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.theta], lr=lr)
+        self._extra: ExtraPolicyLoss | None = None
+
+    @override
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        return {"lr": self.lr, "updates": self.updates}
+
+    @override
+    def set_extra_policy_loss(self, fn: ExtraPolicyLoss | None) -> None:
+        self._extra = fn
+
+    @override
+    def action_dist(self, obs: np.ndarray | torch.Tensor, grad: bool = False) -> torch.distributions.Categorical:
+        weights = torch.as_tensor(obs, dtype=DTYPE).reshape(-1, self.mdp.num_states)
+        with torch.set_grad_enabled(grad):
+            logits = weights @ (self.theta if grad else self.theta.detach())
+            return torch.distributions.Categorical(logits=logits)
+
+    def penalised_objective(self) -> torch.Tensor:
+        """``−V^{π_θ}(ρ)`` plus the extra policy loss, differentiable in ``θ``."""
+        table = self.reward_table()
+        pi = torch.softmax(self.theta, dim=1)
+        _, v = policy_evaluation(pi, table, self.mdp)
+        loss = -(self.mdp.rho @ v)
+        if self._extra is not None:
+            loss = loss + self._extra().to(DTYPE)
+        return loss
+
+    @override
+    def _learn(self, steps_per_env: int) -> dict[str, float]:
+        loss = torch.zeros(())
+        for _ in range(self.updates):
+            loss = self.penalised_objective()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.pi = torch.softmax(self.theta.detach(), dim=1)
+        self._rollout(steps_per_env)
+        return {"follower/penalised_objective": float(loss.detach())}
+
+    @override
+    def _extra_state(self) -> dict[str, Any]:
+        return {"theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    @override
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: N812
 if TYPE_CHECKING:
     from bilevel_rl.data.preference_buffer import PreferenceBuffer
     from bilevel_rl.data.segments import PreferencePairs
+    from bilevel_rl.data.trajectories import TrajectoryBatch
     from bilevel_rl.followers.base import Follower
     from bilevel_rl.reward_models.base import RewardModel
 
@@ -64,13 +65,26 @@ class UpperRule(ABC):
 
     Lifecycle: construct with its hyperparameter dataclass, :meth:`attach` to a follower and a reward model,
     then call :meth:`update` once per outer iteration.
+
+    Class attributes:
+        name: the config name (``upper.name``).
+        uses_preferences: ``False`` for the true-reward baseline (no labels are queried, no leader steps).
+        needs: follower capabilities the rule relies on, checked by :meth:`check_follower` before training:
+            ``extra_policy_loss``, ``spawn``, ``rollouts_from``.
     """
 
     name: str = "base"
+    uses_preferences: bool = True
+    needs: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.follower: Follower | None = None
         self.reward_model: RewardModel | None = None
+
+    @classmethod
+    def check_follower(cls, follower_name: str, params: dict[str, Any]) -> str | None:
+        """Why this rule cannot run with the named follower under ``params`` (``None``: it can)."""
+        return None
 
     def attach(self, follower: Follower, reward_model: RewardModel) -> None:
         """Connect the rule to the follower and reward model it updates (and install any hooks)."""
@@ -78,22 +92,67 @@ class UpperRule(ABC):
         self.reward_model = reward_model
 
     @abstractmethod
-    def update(self, buffer: PreferenceBuffer, epochs: int, rng: np.random.Generator) -> dict[str, float]:
-        """Run ``epochs`` leader epochs over the buffer; return namespaced metrics (``upper/...``)."""
+    def update(
+        self,
+        buffer: PreferenceBuffer,
+        epochs: int,
+        rng: np.random.Generator,
+        batch: TrajectoryBatch | None = None,
+        iteration: int = 0,
+    ) -> dict[str, float]:
+        """Run ``epochs`` leader epochs over the buffer; return namespaced metrics (``upper/...``).
+
+        Args:
+            buffer: the labelled preference pairs.
+            epochs: full passes over the buffer.
+            rng: the trainer's generator (minibatch order, any sampling).
+            batch: the follower's on-policy transitions of the phase just finished (with within-episode time
+                indices); rules whose estimators need fresh rollouts read them here.
+            iteration: the outer iteration; ``0`` is the warm-up on the initial pairs.
+        """
+
+    def auxiliary_followers(self) -> dict[str, Follower]:
+        """Followers the rule owns besides the main one (best responses); the trainer checkpoints them."""
+        return {}
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Rule state (optimizer, schedules) for checkpoints."""
+        """Rule state (optimizer, schedules) for checkpoints: tensors and plain python values only."""
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
 
 
+RULES: dict[str, tuple[str, str, str]] = {
+    "drlhf": ("bilevel_rl.upper.drlhf", "DRLHF", "DRLHFConfig"),
+    "true_reward": ("bilevel_rl.upper.true_reward", "TrueReward", "TrueRewardConfig"),
+    "sobirl": ("bilevel_rl.upper.sobirl", "SoBiRL", "SoBiRLConfig"),
+    "stoc_sobirl": ("bilevel_rl.upper.stoc_sobirl", "StocSoBiRL", "StocSoBiRLConfig"),
+    "pbrl": ("bilevel_rl.upper.pbrl", "PBRL", "PBRLConfig"),
+    "hpgd": ("bilevel_rl.upper.hpgd", "HPGD", "HPGDConfig"),
+    "ppa": ("bilevel_rl.upper.ppa", "PPA", "PPAConfig"),
+    "hessian_free": ("bilevel_rl.upper.hessian_free", "HessianFree", "HessianFreeConfig"),
+}
+"""Config name → (module, rule class, hyperparameter dataclass)."""
+
+
+def rule_classes(name: str) -> tuple[type[UpperRule], type]:
+    """The rule class and its config dataclass for ``upper.name``."""
+    import importlib
+
+    if name not in RULES:
+        raise ValueError(f"upper.name: unknown upper rule {name!r} (available: {', '.join(sorted(RULES))})")
+    module, cls, conf = RULES[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, cls), getattr(mod, conf)
+
+
 def make_rule(name: str, params: dict[str, Any]) -> UpperRule:
     """Build an upper rule from its config name and hyperparameters."""
-    if name == "drlhf":
-        from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
-
-        return DRLHF(DRLHFConfig(**params))
-    raise ValueError(f"upper.name: unknown upper rule {name!r} (available: drlhf)")
+    rule_cls, conf_cls = rule_classes(name)
+    try:
+        config = conf_cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"upper: bad hyperparameters for {name}: {exc}") from None
+    return rule_cls(config)  # type: ignore[call-arg]
