@@ -121,8 +121,9 @@ def expected_policy_reward(model: RewardModel, follower: Follower, obs: torch.Te
 def discounted_from_start_weights(batch: TrajectoryBatch, gamma: float) -> tuple[np.ndarray, int]:
     """Weights ``γ^t`` for steps whose episode start lies in the batch, and the number of such episodes.
 
-    ``t`` is the within-episode index. ``Σ_steps w·r / episodes`` estimates ``E_{s_0~ρ}[Σ_t γ^t r(s_t, a_t)]`` (episodes cut
-    by the end of the batch lose their tail; PBRL digest §6 item 12: weights count from the episode start).
+    ``t`` is the within-episode index. ``Σ_steps w·r / episodes`` estimates ``E_{s_0~ρ}[Σ_t γ^t r(s_t, a_t)]``
+    (episodes cut by the end of the batch lose their tail; PBRL digest §6 item 12: weights count from the episode
+    start).
     """
     t = batch.timesteps.astype(np.float64)
     known = t >= 0
