@@ -1,0 +1,175 @@
+"""Aggregate a rule-comparison sweep into a markdown table (mean ± SE per env) and rliable IQM with 95% CIs.
+
+Usage:
+    python scripts/aggregate_rules.py multirun/rules_cpu [--out docs/results/rules_mujoco.md] [--reps 2000]
+
+Reads every ``metrics.csv`` under the sweep directory whose ``run_config.yaml`` names the rule, env and seed.
+Per run it takes: the final ``eval/true_return`` (deterministic policy, true reward), the held-out preference
+accuracy (``reward_model/pref_accuracy``, on pairs the leader has not trained on yet) averaged over the run's
+post-warm-up iterations, and the final Pearson correlation of ``r_φ`` with the true reward on the follower's
+latest transitions. For the aggregate, returns are normalised per env as
+``(R − R_init) / (R_true − R_init)`` with ``R_init`` the mean return of all runs at iteration 0 (before any
+learning phase is evaluated, the policy is the SAC warm-up policy) and ``R_true`` the mean final return of
+``upper=true_reward`` (SAC on the true reward), then rliable's stratified bootstrap gives IQM and mean with
+95% CIs over all runs and envs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ORDER = ["true_reward", "drlhf", "sobirl", "stoc_sobirl", "pbrl", "hpgd", "ppa", "hessian_free"]
+
+
+def load_runs(root: Path) -> pd.DataFrame:
+    """One row per run: rule, env, seed, final return, initial return, accuracy, correlation, steps, wall time."""
+    rows = []
+    for metrics in sorted(root.rglob("metrics.csv")):
+        cfg_path = metrics.parent / "run_config.yaml"
+        if not cfg_path.exists():
+            continue
+        cfg = yaml.safe_load(cfg_path.read_text())
+        df = pd.read_csv(metrics)
+        if df.empty or "eval/true_return" not in df:
+            continue
+        evals = df.dropna(subset=["eval/true_return"])
+        later = df[df["iteration"] > 0]
+        total = int(cfg["trainer"]["total_steps"])
+        rows.append(
+            {
+                "rule": cfg["upper"]["name"] + (f"-{cfg['upper']['penalty']}" if "penalty" in cfg["upper"] else ""),
+                "env": cfg["env"]["id"],
+                "seed": int(cfg["seed"]),
+                "complete": int(df["env_steps"].max()) >= total,
+                "ret_init": float(evals["eval/true_return"].iloc[0]),
+                "ret_final": float(evals["eval/true_return"].iloc[-1]),
+                "acc": float(later["reward_model/pref_accuracy"].mean())
+                if "reward_model/pref_accuracy" in df
+                else np.nan,
+                "corr": float(df["reward_model/true_reward_corr"].dropna().iloc[-1])
+                if "reward_model/true_reward_corr" in df and df["reward_model/true_reward_corr"].notna().any()
+                else np.nan,
+                "wall_s": float(df["time/total_s"].iloc[-1]),
+                "aux_steps": float(df["time/aux_env_steps"].dropna().iloc[-1])
+                if "time/aux_env_steps" in df and df["time/aux_env_steps"].notna().any()
+                else 0.0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mean_se(x: pd.Series) -> str:
+    """``mean ± SE`` (SE = std / sqrt(n), ddof 1), or ``n/a``."""
+    x = x.dropna()
+    if len(x) == 0:
+        return "n/a"
+    se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return f"{x.mean():.3g} ± {se:.2g}" if abs(x.mean()) < 1 else f"{x.mean():.1f} ± {se:.1f}"
+
+
+def rule_key(rule: str) -> int:
+    base = rule.split("-")[0]
+    return ORDER.index(base) if base in ORDER else len(ORDER)
+
+
+def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
+    """The markdown tables and the per-rule normalised score matrix."""
+    lines = []
+    envs = sorted(runs["env"].unique())
+    rules = sorted(runs["rule"].unique(), key=rule_key)
+    for env in envs:
+        sub = runs[runs["env"] == env]
+        lines += [
+            f"### {env}",
+            "",
+            "| rule | seeds | true return (final) | held-out pref. accuracy | corr(r_φ, r) | "
+            "aux env steps | wall s/run |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for rule in rules:
+            r = sub[sub["rule"] == rule]
+            if r.empty:
+                continue
+            lines.append(
+                f"| {rule} | {len(r)} | {mean_se(r['ret_final'])} | {mean_se(r['acc'])} | {mean_se(r['corr'])} | "
+                f"{r['aux_steps'].mean():.0f} | {r['wall_s'].mean():.0f} |"
+            )
+        lines.append("")
+    # normalised scores for rliable: rows = seeds, columns = envs
+    base = runs.groupby("env")["ret_init"].mean()
+    top = runs[runs["rule"] == "true_reward"].groupby("env")["ret_final"].mean()
+    scores: dict[str, np.ndarray] = {}
+    for rule in rules:
+        cols = []
+        for env in envs:
+            r = runs[(runs["rule"] == rule) & (runs["env"] == env)].sort_values("seed")
+            denom = (top.get(env, np.nan) - base[env]) if env in top else np.nan
+            cols.append(((r["ret_final"] - base[env]) / denom).to_numpy())
+        n = min(len(c) for c in cols)
+        if n > 0:
+            scores[rule] = np.stack([c[:n] for c in cols], axis=1)
+    table = pd.DataFrame()
+    if scores and not np.isnan(np.concatenate([s.ravel() for s in scores.values()])).all():
+        from rliable import library as rly
+        from rliable import metrics
+
+        def fn(x: np.ndarray) -> np.ndarray:
+            return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+        point, ci = rly.get_interval_estimates(scores, fn, reps=reps)
+        lines += [
+            "### Aggregate over envs (rliable, normalised return, 95% stratified-bootstrap CIs)",
+            "",
+            "| rule | runs | IQM | IQM 95% CI | mean | mean 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for rule in scores:
+            p, c = point[rule], ci[rule]
+            lines.append(
+                f"| {rule} | {scores[rule].size} | {p[0]:.3f} | [{c[0, 0]:.3f}, {c[1, 0]:.3f}] | {p[1]:.3f} | "
+                f"[{c[0, 1]:.3f}, {c[1, 1]:.3f}] |"
+            )
+        lines.append("")
+        table = pd.DataFrame({r: point[r] for r in scores}, index=["iqm", "mean"]).T
+    return "\n".join(lines), table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="sweep directory (hydra.sweep.dir)")
+    parser.add_argument("--out", type=Path, default=None, help="write the tables (markdown) here")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.sweep)
+    if runs.empty:
+        print(f"no runs with metrics.csv and run_config.yaml under {args.sweep}", file=sys.stderr)
+        return 1
+    incomplete = runs[~runs["complete"]]
+    if not incomplete.empty:
+        print(
+            f"warning: {len(incomplete)} incomplete run(s) left out: "
+            f"{incomplete[['rule', 'env', 'seed']].to_dict('records')}",
+            file=sys.stderr,
+        )
+    runs = runs[runs["complete"]]
+    counts = defaultdict(int)
+    for _, r in runs.iterrows():
+        counts[(r["rule"], r["env"])] += 1
+    text, _ = aggregate(runs, args.reps)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
