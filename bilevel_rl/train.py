@@ -136,19 +136,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         resume_step=resume_step,
     )
     meta = {"env_id": cfg.env.id, "follower": f.name, "upper": cfg.upper.name, "seed": seed}
-    trainer = Trainer(
-        tconf,
-        follower,
-        reward_model,
-        rule,
-        teacher,
-        PreferenceBuffer(int(b.capacity)),
-        logger,
-        run_dir,
-        seed,
-        meta=meta,
-        progress=bool(cfg.progress),
-    )
+    try:
+        trainer = Trainer(
+            tconf,
+            follower,
+            reward_model,
+            rule,
+            teacher,
+            PreferenceBuffer(int(b.capacity)),
+            logger,
+            run_dir,
+            seed,
+            meta=meta,
+            progress=bool(cfg.progress),
+        )
+    except (ValueError, NotImplementedError) as exc:  # a rule refusing this follower at attach()
+        logger.close()
+        follower.close()
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"upper={cfg.upper.name} with follower={f.name}: {msg}") from None
     if ckpt is not None:
         trainer.load(ckpt)
         log.info("resumed from %s (iteration %d, %d env steps)", ckpt, trainer.iteration, follower.num_timesteps)
