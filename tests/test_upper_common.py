@@ -85,7 +85,14 @@ def test_drlhf_lacks_the_implicit_term_on_the_tabular_lab():
 def _fake_run(root, rule, env, seed, returns, acc=0.8, corr=0.9):
     d = root / rule / env / f"seed{seed}"
     d.mkdir(parents=True)
-    cfg = {"upper": {"name": rule}, "env": {"id": env}, "seed": seed, "trainer": {"total_steps": 3000}}
+    cfg = {
+        "exp_name": "fake",
+        "upper": {"name": rule},
+        "env": {"id": env},
+        "seed": seed,
+        "trainer": {"total_steps": 3000, "initial_steps": 1000, "steps_per_iter": 1000, "eval_episodes": 1},
+        "buffer": {"initial_pairs": 10, "pairs_per_iter": 5, "warmup_epochs": 1, "epochs_per_iter": 1},
+    }
     (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
     pd.DataFrame(
         {
@@ -120,6 +127,14 @@ def test_aggregate_script_tables_and_normalised_iqm(tmp_path):
         check=True,
     )
     text = out.read_text()
+    assert "20 labelled pairs (10 initial + 5 per iteration" in text and "12 complete runs" in text
+    out.write_text(out.read_text() + "## Analysis\nkept\n")  # regeneration keeps a hand-written analysis
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/aggregate_rules.py"), str(tmp_path), "--out", str(out), "--reps", "50"],
+        check=True,
+        capture_output=True,
+    )
+    assert out.read_text().endswith("## Analysis\nkept\n") and out.read_text().count("# Upper rules") == 1
     assert "| drlhf | 3 | 51.0 ± 0.6 |" in text  # mean ± SE of 50, 51, 52
     # normalised: drlhf ≈ 51/101 ≈ 0.505 of SAC-on-true-reward, true_reward itself ≈ 1
     iqm = {
