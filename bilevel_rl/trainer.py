@@ -110,6 +110,7 @@ class Trainer:
         self.last_eval: float = float("nan")
         self.follower.set_reward_model(reward_model)
         self.rule.attach(follower, reward_model)
+        self.rule.bind_buffer(buffer)
 
     # ------------------------------------------------------------------ stages
     def _learn_stage(self, steps: int) -> tuple[dict[str, float], TrajectoryBatch]:

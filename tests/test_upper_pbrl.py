@@ -14,6 +14,7 @@ with pairs of another policy (the off-policy bias the paper leaves open); follow
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -191,6 +192,9 @@ def test_tiny_hopper_sac_run_logs_penalty_metrics_and_resumes(tmp_path):
     # resume it continues from its checkpoint (a fresh one would need 800 steps at iteration 3)
     assert later["upper/best_response/steps"].tolist() == [400, 200, 200, 200]
     assert later["upper/best_response/env_steps"].tolist() == [400, 600, 800, 1000]
+    # and it continues exactly: the same metrics as an uninterrupted run (extra-loss pairs, RNGs, best response)
+    cli(*HOPPER, "upper=pbrl", "trainer.total_steps=1000", f"hydra.run.dir={tmp_path / 'straight'}")
+    pd.testing.assert_frame_equal(df, metrics(tmp_path / "straight"))
 
 
 def test_tiny_bellman_sac_and_ppo_runs(tmp_path):

@@ -111,6 +111,13 @@ class UpperRule(ABC):
             iteration: the outer iteration; ``0`` is the warm-up on the initial pairs.
         """
 
+    def bind_buffer(self, buffer: PreferenceBuffer) -> None:  # noqa: B027 - optional hook
+        """The trainer's preference buffer, given once at construction (before any resume restores it in place).
+
+        Rules whose hooks read pairs between leader updates (PBRL's extra policy loss) keep it, so a resumed run
+        continues exactly.
+        """
+
     def auxiliary_followers(self) -> dict[str, Follower]:
         """Followers the rule owns besides the main one (best responses); the trainer checkpoints them."""
         return {}

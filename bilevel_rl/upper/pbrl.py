@@ -321,12 +321,18 @@ class PenaltyRule(PreferenceRule):
 
     @override
     def rule_state(self) -> dict[str, Any]:
-        return {"loss_rng": self.loss_rng.bit_generator.state}
+        return {"loss_rng": self.loss_rng.bit_generator.state, "loss_idx": torch.as_tensor(self.loss_idx)}
 
     @override
     def load_rule_state(self, state: dict[str, Any]) -> None:
         if "loss_rng" in state:
             self.loss_rng.bit_generator.state = state["loss_rng"]
+        if "loss_idx" in state:
+            self.loss_idx = state["loss_idx"].numpy().astype(np.int64)
+
+    @override
+    def bind_buffer(self, buffer: PreferenceBuffer) -> None:
+        self.buffer = buffer  # a resumed run's extra policy loss draws from the restored pairs at once
 
 
 class PBRL(PenaltyRule):
