@@ -82,6 +82,16 @@ class PenaltyFollowerConfig(LeaderOptimConfig):
         policy_loss_scale: multiplies the extra loss's coefficient (units of the follower's policy loss).
         baseline: ``batch_mean`` (``b`` = mean loss of the drawn pairs) or ``none``.
         gamma: discount of the penalty's returns (``None``: the follower's own ``γ``).
+        log_prob_min: per-step floor on ``log π(a|s)`` inside the extra loss (``None``: none). Not in the papers: the
+            score-function loss on *stored* segments is unbounded below (pushing a pair's actions to zero density
+            sends ``log π → −∞``), and on SAC/Hopper it drove the actor to NaN within two iterations; below the floor
+            the step contributes no gradient. Tabular checks use ``None`` (exact score function).
+        penalty_hinge: use ``max(p̂, 0)`` in the leader loss, i.e. drop ``λ∇p`` on a minibatch whose penalty estimate
+            is ``≤ 0`` (not in the papers). ``p ≥ 0`` by definition (the best response is at least as good as the
+            follower); a negative estimate means the trained best response is *worse* than the follower, and
+            descending on it makes ``p̂`` more negative without bound: on SAC/Hopper at λ = 2 it swamped the
+            preference loss (BT loss 0.3 → 11.8, corr(r_φ, r) → −0.77 within 5 iterations). Default ``False``
+            (the exact penalty); the deep configs set it.
     """
 
     best_response_steps: int | None = None
@@ -91,6 +101,8 @@ class PenaltyFollowerConfig(LeaderOptimConfig):
     policy_loss_scale: float = 1.0
     baseline: str = "batch_mean"
     gamma: float | None = None
+    log_prob_min: float | None = None
+    penalty_hinge: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -253,6 +265,8 @@ class PenaltyRule(PreferenceRule):
         dev, b = self.reward_model.device, len(pairs)
         obs = torch.as_tensor(pairs.obs, device=dev).flatten(0, 2)
         logp = follower.action_dist(obs, grad=grad).log_prob(torch.as_tensor(pairs.actions, device=dev).flatten(0, 2))
+        if self.config.log_prob_min is not None:
+            logp = logp.clamp_min(self.config.log_prob_min)
         keep = torch.as_tensor(pairs.mask, device=logp.device).reshape(-1) > 0
         return torch.where(keep, logp, torch.zeros_like(logp)).reshape(b, -1).sum(1)
 
@@ -316,7 +330,11 @@ class PenaltyRule(PreferenceRule):
     def surrogate(self, pairs: PreferencePairs) -> Surrogate:
         s = self.upper_loss(pairs)
         if self.best_response is not None and self.penalty_coefficient() != 0.0:
-            s.loss = s.loss + self.penalty_coefficient() * self.penalty_surrogate()
+            pen = self.penalty_surrogate()
+            active = not (self.config.penalty_hinge and float(pen.detach()) <= 0.0)
+            s.terms["upper/penalty_active"] = float(active)
+            if active:
+                s.loss = s.loss + self.penalty_coefficient() * pen
         return s
 
     @override
