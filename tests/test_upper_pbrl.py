@@ -206,3 +206,50 @@ def test_tiny_bellman_sac_and_ppo_runs(tmp_path):
     df = metrics(tmp_path / "ppo")
     assert df["env_steps"].iloc[-1] == 1000 and np.isfinite(df["upper/penalty_grad_norm"].iloc[1:]).all()
     assert np.isfinite(df["follower/extra_policy_loss"].iloc[1:]).all()
+
+
+@pytest.mark.parametrize("hinge", [False, True])
+def test_penalty_hinge_drops_a_negative_penalty_estimate(hinge):
+    """With a best response *worse* than the follower (p̂ < 0) the hinge leaves only the BT step."""
+    lab = make_rule_lab(
+        seed=0, num_features=8, episode_length=10, n_envs=ENVS, follower_cls=SoftPolicyGradient, lr=1e-12, updates=1
+    )
+    cfg = PBRLConfig(optimizer="sgd", lr=1.0, weight_decay=0.0, batch_size=512, best_response_steps=STEPS * ENVS)
+    rule = PBRL(PBRLConfig(**{**cfg.__dict__, "penalty_hinge": hinge}))
+    rule.attach(lab.follower, lab.reward_model)
+    pi_star = lab.optimal_policy()
+    with torch.no_grad():
+        lab.follower.theta.copy_(torch.log(pi_star))  # type: ignore[attr-defined]
+        rule.best_response.theta.copy_(-4.0 * torch.log(pi_star))  # type: ignore[union-attr]  # a poor policy
+    batch = lab.on_policy_batch(STEPS)
+    buffer = lab.buffer(512, torch.Generator().manual_seed(1))
+    x0 = lab.x.detach().clone()
+    bt = torch.autograd.grad(pair_losses(lab.reward_model, buffer.all())[0].mean(), lab.x)[0]
+    metrics_ = rule.update(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    assert metrics_["upper/penalty_estimate"] < 0
+    penalty_part = (x0 - lab.x.detach() - bt).norm()
+    assert metrics_["upper/penalty_active"] == (0.0 if hinge else 1.0)
+    assert bool(penalty_part < 1e-9) is hinge
+
+
+def test_log_prob_floor_bounds_the_extra_policy_loss():
+    """Actions the policy nearly never takes have log π ≈ −50; the floor clamps them (no gradient below it)."""
+    lab = make_rule_lab(seed=0, follower_cls=SoftPolicyGradient, lr=1e-12, updates=1)
+    follower = lab.follower
+    assert isinstance(follower, SoftPolicyGradient)
+    buffer = lab.buffer(64, torch.Generator().manual_seed(3))  # pairs of the uniform policy: both actions occur
+    with torch.no_grad():
+        follower.theta[:, 0] = -50.0
+    for floor, lowest in ((None, -40.0), (-10.0, -10.0)):
+        rule = PBRL(PBRLConfig(best_response="shared", log_prob_min=floor))
+        rule.attach(follower, lab.reward_model)
+        pairs = buffer.all()
+        obs = torch.as_tensor(pairs.obs).flatten(0, 2)
+        logp = follower.action_dist(obs, grad=True).log_prob(torch.as_tensor(pairs.actions).flatten(0, 2))
+        total = rule.pair_log_probs(follower, pairs, grad=True)
+        if floor is None:
+            assert float(logp.min()) < lowest and torch.allclose(total, logp.reshape(64, -1).sum(1))
+        else:
+            assert torch.allclose(total, logp.clamp_min(floor).reshape(64, -1).sum(1))
+            (g,) = torch.autograd.grad(total.sum(), follower.theta)
+            assert torch.isfinite(g).all()
