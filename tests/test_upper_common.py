@@ -145,3 +145,29 @@ def test_aggregate_script_tables_and_normalised_iqm(tmp_path):
     assert iqm["true_reward"] == pytest.approx(1.0, abs=0.02)
     assert iqm["drlhf"] == pytest.approx(0.505, abs=0.02)
     assert proc.returncode == 0
+
+
+def test_a_non_finite_leader_gradient_is_skipped_not_applied():
+    """One NaN estimate must not poison the reward model (and through it the follower): the step is skipped."""
+    from bilevel_rl.upper.common import Surrogate
+
+    class NaNOnce(DRLHF):
+        calls = 0
+
+        def surrogate(self, pairs):
+            s = self.bt_surrogate(pairs)
+            NaNOnce.calls += 1
+            if NaNOnce.calls == 1:
+                s.loss = s.loss * float("nan")
+            return Surrogate(s.loss, s.returns, s.labels, s.terms)
+
+    lab = make_rule_lab(seed=0)
+    batch = lab.on_policy_batch(20)
+    rule = NaNOnce(DRLHFConfig(optimizer="sgd", lr=0.1, weight_decay=0.0, batch_size=50))
+    rule.attach(lab.follower, lab.reward_model)
+    buf = lab.buffer(100, torch.Generator().manual_seed(0))
+    x0 = lab.x.detach().clone()
+    out = rule.update(buf, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    assert out["upper/nonfinite_steps"] == 1.0
+    assert torch.isfinite(lab.x).all() and not torch.equal(lab.x.detach(), x0)  # the second minibatch stepped
+    assert rule.state_dict()["nonfinite_steps"] == 1

@@ -10,6 +10,7 @@ buffer; a rule implements :meth:`PreferenceRule.surrogate` and, when it needs th
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import UpperRule, bradley_terry_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,6 +165,7 @@ class PreferenceRule(UpperRule):
         self.iteration = 0
         self.batch: TrajectoryBatch | None = None
         self.rng: np.random.Generator = np.random.default_rng(0)
+        self.nonfinite_steps = 0
 
     @override
     def attach(self, follower: Follower, reward_model: RewardModel) -> None:
@@ -227,6 +231,13 @@ class PreferenceRule(UpperRule):
                 opt.zero_grad(set_to_none=True)
                 s.loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                if not torch.isfinite(gn):  # never let one bad estimate poison the reward model (and the follower)
+                    opt.zero_grad(set_to_none=True)
+                    self.nonfinite_steps += 1
+                    log.warning(
+                        "%s: non-finite leader gradient, step skipped (%d so far)", self.name, self.nonfinite_steps
+                    )
+                    continue
                 opt.step()
                 self.after_step()
                 losses.append(float(s.loss.detach()))
@@ -244,6 +255,7 @@ class PreferenceRule(UpperRule):
                 "upper/loss": float(np.mean(losses)) if losses else float("nan"),
                 "upper/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                 "reward_model/train_accuracy": correct / total if total else float("nan"),
+                "upper/nonfinite_steps": float(self.nonfinite_steps),
             }
         )
         return out
@@ -261,6 +273,7 @@ class PreferenceRule(UpperRule):
             "config": asdict(self.config),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "rule": self.rule_state(),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     @override
@@ -268,3 +281,4 @@ class PreferenceRule(UpperRule):
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.load_rule_state(state.get("rule", {}))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
