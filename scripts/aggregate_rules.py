@@ -7,11 +7,12 @@ Reads every ``metrics.csv`` under the sweep directory whose ``run_config.yaml`` 
 Per run it takes: the final ``eval/true_return`` (deterministic policy, true reward), the held-out preference
 accuracy (``reward_model/pref_accuracy``, on pairs the leader has not trained on yet) averaged over the run's
 post-warm-up iterations, and the final Pearson correlation of ``r_φ`` with the true reward on the follower's
-latest transitions. For the aggregate, returns are normalised per env as
-``(R − R_init) / (R_true − R_init)`` with ``R_init`` the mean return of all runs at iteration 0 (before any
-learning phase is evaluated, the policy is the SAC warm-up policy) and ``R_true`` the mean final return of
-``upper=true_reward`` (SAC on the true reward), then rliable's stratified bootstrap gives IQM and mean with
-95% CIs over all runs and envs.
+latest transitions. For the aggregate, returns are normalised per env as ``(R − R_min) / (R_max − R_min)`` with
+the D4RL reference scores (random and expert policies; Fu et al. 2020, ``d4rl/infos.py``) for Hopper,
+HalfCheetah and Walker2d, and otherwise ``R_min`` = the mean return of all runs at iteration 0 and ``R_max`` = the
+mean final return of ``upper=true_reward``. (A run-based reference is degenerate at small budgets: SAC on
+HalfCheetah's true reward is still below its iteration-0 return at 8k steps.) rliable's stratified bootstrap
+then gives IQM and mean with 95% CIs over all runs and envs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.0), "Walker2d": (1.629008, 4592.3)}
+"""D4RL random / expert returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE) by env name."""
 
 ORDER = ["true_reward", "drlhf", "sobirl", "stoc_sobirl", "pbrl", "hpgd", "ppa", "hessian_free"]
 
@@ -108,16 +112,25 @@ def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
     # normalised scores for rliable: rows = seeds, columns = envs
     base = runs.groupby("env")["ret_init"].mean()
     top = runs[runs["rule"] == "true_reward"].groupby("env")["ret_final"].mean()
+    refs: dict[str, tuple[float, float]] = {}
+    for env in envs:
+        name = env.split("-")[0]
+        refs[env] = REFERENCE.get(name, (float(base[env]), float(top.get(env, np.nan))))
     scores: dict[str, np.ndarray] = {}
     for rule in rules:
         cols = []
         for env in envs:
             r = runs[(runs["rule"] == rule) & (runs["env"] == env)].sort_values("seed")
-            denom = (top.get(env, np.nan) - base[env]) if env in top else np.nan
-            cols.append(((r["ret_final"] - base[env]) / denom).to_numpy())
+            lo, hi = refs[env]
+            cols.append(((r["ret_final"] - lo) / (hi - lo)).to_numpy())
         n = min(len(c) for c in cols)
         if n > 0:
             scores[rule] = np.stack([c[:n] for c in cols], axis=1)
+    lines += [
+        "Normalisation (R − R_min) / (R_max − R_min): "
+        + ", ".join(f"{e}: R_min {lo:.1f}, R_max {hi:.1f}" for e, (lo, hi) in refs.items()),
+        "",
+    ]
     table = pd.DataFrame()
     if scores and not np.isnan(np.concatenate([s.ravel() for s in scores.values()])).all():
         from rliable import library as rly
@@ -128,7 +141,7 @@ def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
 
         point, ci = rly.get_interval_estimates(scores, fn, reps=reps)
         lines += [
-            "### Aggregate over envs (rliable, normalised return, 95% stratified-bootstrap CIs)",
+            "### Aggregate over envs (rliable; normalised final return; 95% stratified-bootstrap CIs)",
             "",
             "| rule | runs | IQM | IQM 95% CI | mean | mean 95% CI |",
             "|---|---|---|---|---|---|",
