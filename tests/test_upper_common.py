@@ -171,3 +171,30 @@ def test_a_non_finite_leader_gradient_is_skipped_not_applied():
     assert out["upper/nonfinite_steps"] == 1.0
     assert torch.isfinite(lab.x).all() and not torch.equal(lab.x.detach(), x0)  # the second minibatch stepped
     assert rule.state_dict()["nonfinite_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "steps", "env_id"),
+    [
+        ("hopper", 500_000, "Hopper-v5"),
+        ("halfcheetah", 1_000_000, "HalfCheetah-v5"),
+        ("walker2d", 1_000_000, "Walker2d-v5"),
+    ],
+)
+def test_table2_presets_compose_and_validate_for_every_row(env, steps, env_id):
+    """Every SoBiRL Table 2 MuJoCo cell (env × rule) composes at the paper's budget and passes validation."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from bilevel_rl.config import validate
+
+    OmegaConf.register_new_resolver("slug", lambda s: s, replace=True)
+    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
+        for rule in ("sobirl", "drlhf", "pbrl", "hpgd", "true_reward"):
+            cfg = compose("config", overrides=[f"exp=table2_{env}", f"upper={rule}", "hydra/launcher=slurm"])
+            validate(cfg)
+            assert cfg.env.id == env_id and cfg.trainer.total_steps == steps and cfg.exp_name == f"table2_{env}_{rule}"
+            assert (cfg.trainer.steps_per_iter, cfg.buffer.initial_pairs, cfg.buffer.pairs_per_iter) == (5000, 600, 6)
+            assert cfg.buffer.capacity == 3000 and cfg.follower.actor_lr == 3e-4 and cfg.follower.learning_rate == 1e-3
+            assert cfg.follower.lr_schedule == "linear" and cfg.follower.lr_horizon == 8_000_000
+            assert cfg.upper.name == rule and (rule != "pbrl" or (cfg.upper.penalty, cfg.upper.lam) == ("value", 2.0))
