@@ -33,6 +33,7 @@ Alg. 1's "penalty constant γ" (L345) is λ and L350 lost the minus sign of (4.4
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,13 +221,13 @@ class PenaltyRule(PreferenceRule):
         self.gamma = 0.99
         self.loss_rng = np.random.default_rng(0)
 
+    @abstractmethod
     def penalty_coefficient(self) -> float:
         """Factor of ``∇_x p̂`` in the leader direction at the current iteration."""
-        raise NotImplementedError
 
+    @abstractmethod
     def policy_loss_coefficient(self) -> float:
         """Factor of ``L_up`` in the main follower's policy loss."""
-        raise NotImplementedError
 
     @override
     def attach(self, follower: Follower, reward_model: RewardModel) -> None:
