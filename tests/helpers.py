@@ -39,3 +39,12 @@ def metrics(run_dir):
     """metrics.csv without timing columns (those differ between identical runs)."""
     df = pd.read_csv(Path(run_dir) / "metrics.csv")
     return df[[c for c in df.columns if not c.startswith("time/")]]
+
+
+def assert_refused(args, key, run_dir):
+    """The CLI refuses before training: exit 2, one stderr line ``error: ...`` naming ``key``, no metrics.csv."""
+    proc = cli(*args, f"hydra.run.dir={run_dir}", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
+    assert not (Path(run_dir) / "metrics.csv").exists()
