@@ -69,6 +69,12 @@ def _check_rule(cfg: DictConfig) -> None:
     reason = rule_cls.check_follower(str(cfg.follower.name), params)
     if reason:
         raise ConfigError(f"upper={name} with follower={cfg.follower.name}: {reason}")
+    ent_coef = OmegaConf.select(cfg, "follower.algo_kwargs.ent_coef", default=0.0)
+    if rule_cls.needs_temperature and cfg.follower.name in ("ppo", "a2c") and float(ent_coef) <= 0:
+        raise ConfigError(
+            f"upper={name} with follower={cfg.follower.name}: the rule divides by the follower's entropy temperature; "
+            f"set follower.algo_kwargs.ent_coef > 0 (got {ent_coef})"
+        )
 
 
 def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:

@@ -198,3 +198,14 @@ def test_table2_presets_compose_and_validate_for_every_row(env, steps, env_id):
             assert cfg.buffer.capacity == 3000 and cfg.follower.actor_lr == 3e-4 and cfg.follower.learning_rate == 1e-3
             assert cfg.follower.lr_schedule == "linear" and cfg.follower.lr_horizon == 8_000_000
             assert cfg.upper.name == rule and (rule != "pbrl" or (cfg.upper.penalty, cfg.upper.lam) == ("value", 2.0))
+
+
+@pytest.mark.parametrize(
+    ("rule", "follower"), [("sobirl", "ppo"), ("stoc_sobirl", "a2c"), ("hpgd", "a2c"), ("ppa", "ppo")]
+)
+def test_temperature_rules_refuse_ppo_a2c_without_entropy_before_writing_anything(rule, follower, tmp_path):
+    from helpers import assert_refused
+
+    run = tmp_path / "r"
+    assert_refused([*TINY, "env.id=CartPole-v1", f"follower={follower}", f"upper={rule}"], "ent_coef", run)
+    assert not (run / "run_config.yaml").exists()  # refused by config validation, not at attach()

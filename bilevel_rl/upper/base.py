@@ -69,13 +69,13 @@ class UpperRule(ABC):
     Class attributes:
         name: the config name (``upper.name``).
         uses_preferences: ``False`` for the true-reward baseline (no labels are queried, no leader steps).
-        needs: follower capabilities the rule relies on, checked by :meth:`check_follower` before training:
-            ``extra_policy_loss``, ``spawn``, ``rollouts_from``.
+        needs_temperature: the rule divides by the follower's entropy temperature; config validation refuses
+            PPO/A2C with ``ent_coef <= 0`` before anything is written (``attach`` re-checks the live value).
     """
 
     name: str = "base"
     uses_preferences: bool = True
-    needs: tuple[str, ...] = ()
+    needs_temperature: bool = False
 
     def __init__(self) -> None:
         self.follower: Follower | None = None

@@ -157,6 +157,7 @@ class HPGD(PreferenceRule):
     """HPGD's hypergradient on the Bradley–Terry hyper-objective (module docstring, eq. HPGD-RLHF)."""
 
     name = "hpgd"
+    needs_temperature = True
 
     def __init__(self, config: HPGDConfig) -> None:
         super().__init__()

@@ -184,6 +184,7 @@ class PPA(PreferenceRule):
     """PPA-BRL's IFT hypergradient with the corrected (DiCE) Hessian, damping and CG (module docstring)."""
 
     name = "ppa"
+    needs_temperature = True
 
     def __init__(self, config: PPAConfig) -> None:
         super().__init__()

@@ -172,6 +172,7 @@ class SoBiRL(PreferenceRule):
     """Leader steps on the SoBiRL surrogate (eq. 99 or eq. 14) over the preference buffer."""
 
     name = "sobirl"
+    needs_temperature = True
     config: SoBiRLConfig
 
     def __init__(self, config: SoBiRLConfig) -> None:
