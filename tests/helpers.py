@@ -1,5 +1,6 @@
 """Shared helpers for subprocess CLI tests."""
 
+import math
 import os
 import subprocess
 import sys
@@ -48,3 +49,20 @@ def assert_refused(args, key, run_dir):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
     assert not (Path(run_dir) / "metrics.csv").exists()
+
+
+def tiny(*overrides):
+    """TINY with every key it shares with ``overrides`` replaced by theirs (a key may be given once)."""
+    keys = {o.split("=")[0] for o in overrides}
+    return [o for o in TINY if o.split("=")[0] not in keys] + list(overrides)
+
+
+def finite_after_warmup(run_dir, columns):
+    """The metrics rows after the warm-up (at least 2), asserting each column exists and is finite there."""
+    df = pd.read_csv(Path(run_dir) / "metrics.csv")
+    later = df[df["iteration"] >= 1]
+    assert len(later) >= 2
+    for col in columns:
+        assert col in df.columns, col
+        assert later[col].map(math.isfinite).all(), (col, later[col].tolist())
+    return later

@@ -7,7 +7,6 @@ at ``π = π*(x)`` (SoftVIOracle) and compared with ``RuleLab.exact_hypergradien
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -16,7 +15,7 @@ from bilevel_rl.tabular.rule_lab import make_rule_lab
 from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.hpgd import HPGD, HPGDConfig
-from tests.helpers import TINY, assert_refused, cli
+from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "max_grad_norm": None}
@@ -176,27 +175,12 @@ def test_generative_needs_a_generative_model():
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def tiny(*overrides):
-    groups = {o.split("=")[0] for o in overrides}
-    return [o for o in TINY if o.split("=")[0] not in groups] + list(overrides)
-
-
-def _finite_after_warmup(run_dir, columns):
-    df = pd.read_csv(run_dir / "metrics.csv")
-    later = df[df["iteration"] >= 1]
-    assert len(later) >= 2
-    for col in columns:
-        assert col in df.columns, col
-        assert later[col].map(math.isfinite).all(), (col, later[col].tolist())
-    return later
-
-
 TERMS = ["upper/bt_loss", "upper/temperature", "upper/direct_grad_norm", "upper/implicit_grad_norm", "upper/loss"]
 
 
 def test_cli_hpgd_sac_hopper(tmp_path):
     cli(*tiny("env=hopper", "follower=sac", "upper=hpgd"), f"hydra.run.dir={tmp_path}")
-    later = _finite_after_warmup(tmp_path, TERMS)
+    later = finite_after_warmup(tmp_path, TERMS)
     assert (later["upper/temperature"] > 0).all() and (later["upper/implicit_grad_norm"] > 0).all()
 
 
@@ -208,7 +192,7 @@ def test_cli_hpgd_ppo_cartpole(tmp_path):
         "follower.algo_kwargs.ent_coef=0.01",
         f"hydra.run.dir={tmp_path}",
     )
-    later = _finite_after_warmup(tmp_path, TERMS)
+    later = finite_after_warmup(tmp_path, TERMS)
     assert later["upper/temperature"].eq(0.01).all() and (later["upper/implicit_grad_norm"] > 0).all()
 
 

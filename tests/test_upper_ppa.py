@@ -6,10 +6,7 @@ on-policy batch (500 envs x 120 steps, episodes of 12 steps, gamma 0.5) gives ``
 off one SGD step (lr 1, no weight decay, no clipping, one minibatch of 4000 pairs).
 """
 
-import math
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -21,7 +18,7 @@ from bilevel_rl.tabular.soft_mdp import DTYPE
 from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.ppa import PPA, PPAConfig, conjugate_gradient, episode_steps
-from tests.helpers import TINY, assert_refused, cli
+from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "max_grad_norm": None}
@@ -159,11 +156,6 @@ def test_bad_hyperparameters_are_refused(params, key):
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def tiny(*overrides):
-    groups = {o.split("=")[0] for o in overrides}
-    return [o for o in TINY if o.split("=")[0] not in groups] + list(overrides)
-
-
 TERMS = [
     "upper/bt_loss",
     "upper/temperature",
@@ -177,12 +169,7 @@ TERMS = [
 
 
 def _finite_after_warmup(run_dir):
-    df = pd.read_csv(run_dir / "metrics.csv")
-    later = df[df["iteration"] >= 1]
-    assert len(later) >= 2
-    for col in TERMS:
-        assert col in df.columns, col
-        assert later[col].map(math.isfinite).all(), (col, later[col].tolist())
+    later = finite_after_warmup(run_dir, TERMS)
     assert (later["upper/implicit_grad_norm"] > 0).all()
     return later
 

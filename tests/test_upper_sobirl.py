@@ -7,7 +7,6 @@ Directions are read off one SGD step (lr 1, no weight decay, one minibatch holdi
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.sobirl import SoBiRL, SoBiRLConfig
 from bilevel_rl.upper.stoc_sobirl import StocSoBiRL, StocSoBiRLConfig
-from tests.helpers import TINY, assert_refused, cli
+from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
@@ -364,25 +363,9 @@ def test_stoc_sobirl_paper_schedule_and_checkpoint_round_trip():
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def tiny(*overrides):
-    """TINY with the given group choices replacing its own (a group may be chosen once)."""
-    groups = {o.split("=")[0] for o in overrides if "." not in o.split("=")[0]}
-    return [o for o in TINY if o.split("=")[0] not in groups] + list(overrides)
-
-
-def _finite_after_warmup(run_dir, columns):
-    df = pd.read_csv(run_dir / "metrics.csv")
-    later = df[df["iteration"] >= 1]
-    assert len(later) >= 2
-    for col in columns:
-        assert col in df.columns, col
-        assert later[col].map(math.isfinite).all(), (col, later[col].tolist())
-    return df
-
-
 def test_cli_sobirl_sac_hopper(tmp_path):
     cli(*tiny("env=hopper", "follower=sac", "upper=sobirl"), f"hydra.run.dir={tmp_path}")
-    df = _finite_after_warmup(
+    df = finite_after_warmup(
         tmp_path, ["upper/bt_loss", "upper/hyper_term", "upper/temperature", "upper/hyper_coef", "upper/loss"]
     )
     later = df[df["iteration"] >= 1]
@@ -398,13 +381,13 @@ def test_cli_sobirl_ppo_cartpole_exact_expectation(tmp_path):
         "upper.baseline=mean",
         f"hydra.run.dir={tmp_path}",
     )
-    df = _finite_after_warmup(tmp_path, ["upper/hyper_term", "upper/hyper_coef"])
+    df = finite_after_warmup(tmp_path, ["upper/hyper_term", "upper/hyper_coef"])
     assert df["upper/temperature"].dropna().eq(0.01).all()
 
 
 def test_cli_stoc_sobirl_sac(tmp_path):
     cli(*tiny("upper=stoc_sobirl"), f"hydra.run.dir={tmp_path}")
-    _finite_after_warmup(tmp_path, ["upper/hyper_term", "upper/momentum_norm", "upper/correction_norm", "upper/eta"])
+    finite_after_warmup(tmp_path, ["upper/hyper_term", "upper/momentum_norm", "upper/correction_norm", "upper/eta"])
 
 
 @pytest.mark.parametrize(
