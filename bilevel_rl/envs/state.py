@@ -3,7 +3,11 @@
 ``pickle.dumps(env)`` is not enough: gymnasium's MuJoCo envs pickle through ``EzPickle``, which keeps only the
 constructor arguments and rebuilds a fresh env. We walk the wrapper chain instead and keep, per layer, every
 attribute that pickles (step counters, ``np_random``, Monitor accumulators, ...). For MuJoCo the physics is
-saved with ``mj_getState(mjSTATE_INTEGRATION)`` into the existing ``MjData``.
+saved with ``mj_getState(mjSTATE_INTEGRATION)`` into the existing ``MjData``. For ALE (Atari) the emulator
+is saved with ``ale.cloneState(include_rng=True)`` (RAM, CPU, frame counters and the sticky-action RNG) as
+serialised bytes and put back with ``restoreState``; the wrapper layers' attributes (``EpisodicLifeEnv.lives``,
+``MaxAndSkipEnv``'s frame buffer, Monitor accumulators, ``np_random`` for no-op starts) go through the generic
+path. The frame stack lives in SB3's ``VecFrameStack`` (see ``bilevel_rl.envs.atari.get_vec_stack_state``).
 """
 
 from __future__ import annotations
@@ -51,8 +55,14 @@ def get_env_state(env: gym.Env) -> list[dict[str, Any]]:
             buf = np.empty(mujoco.mj_stateSize(layer.model, spec))
             mujoco.mj_getState(layer.model, layer.data, buf, spec)
             entry["mujoco_state"] = buf
+        if _is_ale(layer):
+            entry["ale_state"] = layer.ale.cloneState(include_rng=True).serialize()
         states.append(entry)
     return states
+
+
+def _is_ale(layer: Any) -> bool:
+    return hasattr(layer, "ale") and type(layer).__module__.startswith("ale_py")
 
 
 def set_env_state(env: gym.Env, states: list[dict[str, Any]]) -> None:
@@ -68,3 +78,7 @@ def set_env_state(env: gym.Env, states: list[dict[str, Any]]) -> None:
 
             mujoco.mj_setState(layer.model, layer.data, entry["mujoco_state"], mujoco.mjtState.mjSTATE_INTEGRATION)
             mujoco.mj_forward(layer.model, layer.data)
+        if "ale_state" in entry:
+            import ale_py
+
+            layer.ale.restoreState(ale_py.ALEState(entry["ale_state"]))
