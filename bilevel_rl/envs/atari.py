@@ -187,7 +187,9 @@ def make_atari_train_env(
     """Vectorised training env: life-loss termination and reward clipping as configured, obs ``(4, 84, 84)`` uint8.
 
     ``info["true_reward"]`` holds the teacher's reward (raw or clipped game score per agent step); the Monitor's
-    ``info["episode"]`` holds the full-game unclipped score at the end of a game (not of a life).
+    ``info["episode"]`` holds the full-game unclipped score at the end of a game (not of a life), with its
+    length ``"l"`` in emulator frames (the Monitor sits below ``MaxAndSkipEnv``, as the SoBiRL code's
+    ``RecordEpisodeStatistics`` sits below ``AtariWrapper``).
     """
     return _build(env_id, n_envs, seed, env_kwargs, atari or AtariConfig(), train=True)
 
@@ -201,7 +203,10 @@ def make_atari_eval_env(
 ) -> VecEnv:
     """One-env evaluation ``VecEnv``: full games (no life-loss termination), unclipped game score as reward.
 
-    Same no-op starts, frame skip, warping and frame stack as training. ``render=True`` makes
+    Same no-op starts, frame skip, warping and frame stack as training; ``info["true_reward"]`` is always the
+    raw score here (``teacher_reward`` only concerns training). ``FireResetEnv`` presses FIRE only at the start
+    of a game, so a greedy policy that never fires can stall after a lost life until ``max_steps``. The
+    Monitor sits below the frame skip: its ``info["episode"]["l"]`` counts emulator frames. ``render=True`` makes
     ``venv.render()`` / ``venv.get_images()`` return RGB frames (``make_vec_env`` already asks ALE for
     ``render_mode="rgb_array"``, so it is only documented intent here).
     """
