@@ -208,13 +208,10 @@ class FrameStackReplayBuffer(BaseBuffer):
         rows, envs = np.asarray(rows, dtype=np.int64), np.asarray(envs, dtype=np.int64)
         k, n, n_envs = self.frame_stack, self.buffer_size, self.n_envs
         b = len(rows)
-        obs = np.zeros((b, k, *self.frame_shape), dtype=np.uint8)
         back = self.back[rows, envs].astype(np.int64)
-        obs[:, k - 1] = self.frames[rows, envs]
-        for d in range(1, k):
-            m = back >= d
-            if m.any():
-                obs[m, k - 1 - d] = self.frames[(rows[m] - d) % n, envs[m]]
+        offsets = np.arange(-(k - 1), 1)  # frame j of a stack is k-1-j rows back
+        obs = self.frames[(rows[:, None] + offsets) % n, envs[:, None]]  # one gather: (B, K, C, H, W)
+        obs[-offsets[None, :] > back[:, None]] = 0  # frames from before the chain start: zeros (or its head)
         if self.heads:
             for i in np.flatnonzero(back < k - 1):
                 head = self.heads.get(int((rows[i] - back[i]) % n) * n_envs + int(envs[i]))
@@ -281,8 +278,9 @@ class FrameStackReplayBuffer(BaseBuffer):
         obs, next_obs = self.stacks(rows, envs)
         actions = self.actions[rows, envs].astype(self.action_dtype)
         dones = self.dones[rows, envs] & ~self.timeouts[rows, envs]
-        obs_t = self.to_torch(self._normalize_obs(obs, env))  # type: ignore[arg-type]
-        actions_t = self.to_torch(actions)
+        # every array here is a fresh copy (fancy indexing), so no second copy is needed for the tensors
+        obs_t = self.to_torch(self._normalize_obs(obs, env), copy=False)  # type: ignore[arg-type]
+        actions_t = self.to_torch(actions, copy=False)
         if self.reward_model is not None:
             raw_obs = obs_t if env is None else self.to_torch(obs)
             model_actions = actions_t[:, 0] if isinstance(self.action_space, spaces.Discrete) else actions_t
@@ -291,12 +289,12 @@ class FrameStackReplayBuffer(BaseBuffer):
                 rewards_t = rewards_t.clamp(-self.reward_clip, self.reward_clip)
         else:
             rewards = self._normalize_reward(self.true_rewards[rows, envs].reshape(-1, 1), env)
-            rewards_t = self.to_torch(rewards)
+            rewards_t = self.to_torch(rewards, copy=False)
         return ReplayBufferSamples(
             observations=obs_t,
             actions=actions_t,
-            next_observations=self.to_torch(self._normalize_obs(next_obs, env)),  # type: ignore[arg-type]
-            dones=self.to_torch(dones.astype(np.float32).reshape(-1, 1)),
+            next_observations=self.to_torch(self._normalize_obs(next_obs, env), copy=False),  # type: ignore[arg-type]
+            dones=self.to_torch(dones.astype(np.float32).reshape(-1, 1), copy=False),
             rewards=rewards_t,
         )
 
