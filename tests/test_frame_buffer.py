@@ -270,3 +270,24 @@ def test_drop_in_replay_buffer_class_for_sb3_dqn() -> None:
     assert isinstance(buf, FrameStackReplayBuffer) and buf.pos == 80 and not buf.full
     s = buf.sample(8)
     assert s.observations.shape == (8, 4, H, W) and s.actions.shape == (8, 1)
+
+
+def test_reset_and_timeouts_counted_as_dones_when_not_handled() -> None:
+    venv = make_venv(2)
+    ref, buf = both(60, venv)
+    obs = drive(venv, [ref, buf], 45)
+    buf.reset()  # emptied: what follows is exact against a fresh SB3 buffer
+    args = (60, venv.observation_space, venv.action_space)
+    ref = ReplayBuffer(*args, device="cpu", n_envs=2, handle_timeout_termination=False)
+    buf2 = FrameStackReplayBuffer(*args, device="cpu", n_envs=2, handle_timeout_termination=False)
+    drive(venv, [ref, buf, buf2], 20, seed=5, obs=obs)
+    assert buf.size() == 20 and len(buf.side) <= ref.dones.sum() + 2
+    valid = buf.valid_mask()
+    assert valid[:20].all() and not valid[20:].any()
+    assert buf.timeouts[:20].any() and (ref.dones[:20].astype(bool) & ~buf.timeouts[:20]).any()
+    rows, envs = np.nonzero(valid)
+    s, s2 = buf.get_transitions(rows, envs), buf2.get_transitions(rows, envs)
+    np.testing.assert_array_equal(s.observations.numpy(), ref.observations[rows, envs])
+    np.testing.assert_array_equal(s.next_observations.numpy(), ref.next_observations[rows, envs])
+    np.testing.assert_array_equal(s2.dones.numpy()[:, 0], ref.dones[rows, envs])  # truncations count as dones
+    np.testing.assert_array_equal(s.dones.numpy()[:, 0], ref.dones[rows, envs] * ~buf.timeouts[rows, envs])
