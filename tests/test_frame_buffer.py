@@ -291,3 +291,17 @@ def test_reset_and_timeouts_counted_as_dones_when_not_handled() -> None:
     np.testing.assert_array_equal(s.next_observations.numpy(), ref.next_observations[rows, envs])
     np.testing.assert_array_equal(s2.dones.numpy()[:, 0], ref.dones[rows, envs])  # truncations count as dones
     np.testing.assert_array_equal(s.dones.numpy()[:, 0], ref.dones[rows, envs] * ~buf.timeouts[rows, envs])
+
+
+def test_relabel_with_the_project_atari_reward_cnn() -> None:
+    from bilevel_rl.reward_models.cnn import AtariCNNRewardModel
+
+    venv = make_venv(2)
+    ref, buf = both(60, venv)
+    drive(venv, [ref, buf], 30)
+    torch.manual_seed(0)
+    model = AtariCNNRewardModel("sobirl", venv.observation_space, venv.action_space)
+    buf.reward_model = model
+    s = buf.sample(16)
+    torch.testing.assert_close(s.rewards[:, 0], model.relabel(s.observations, s.actions[:, 0]))
+    assert s.rewards.std() > 0
