@@ -215,36 +215,41 @@ def test_resolve_policy_kwargs() -> None:
     with pytest.raises(ValueError, match="unknown extractor"):
         resolve_policy_kwargs({"features_extractor_class": "torch.nn.Linear"})  # not a features extractor
     assert set(FEATURE_EXTRACTORS) == {"pbrl_cnn", "nature_cnn"}
+    omegaconf = pytest.importorskip("omegaconf")
+    cfg = omegaconf.OmegaConf.create({"features_extractor_class": "pbrl_cnn", "net_arch": {"pi": [], "vf": [64]}})
+    out = resolve_policy_kwargs(cfg)
+    assert out == {"features_extractor_class": PBRLAtariCNN, "net_arch": {"pi": [], "vf": [64]}}
+    assert type(out["net_arch"]) is dict and type(out["net_arch"]["vf"]) is list
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Learning: Bradley-Terry on synthetic frame stacks whose true reward depends on a bright region and the action
 # ---------------------------------------------------------------------------------------------------------------
 
-_H = 25
 _ACTION_WEIGHT = torch.tensor([1.0, -1.0, 0.0])
 
 
 def _render(bright: torch.Tensor, distractor: torch.Tensor) -> torch.Tensor:
-    """(..., ) brightness levels -> (..., 4, 84, 84) uint8 frames: a lit top-left block and a random distractor."""
+    """(...) brightness levels -> (..., 4, 84, 84) uint8 frames: a lit top-left block and a random distractor."""
     frames = torch.zeros((*bright.shape, 4, 84, 84), dtype=torch.uint8)
     frames[..., 8:32, 8:32] = bright[..., None, None, None]
     frames[..., 52:76, 52:76] = distractor[..., None, None, None]
     return frames
 
 
-def _pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pairs(n: int, horizon: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n pairs of segments; true r(s, a) = brightness of the top-left block * weight[a]; label = higher return."""
     g = torch.Generator().manual_seed(seed)
-    bright = torch.randint(0, 256, (n, 2, _H), generator=g).to(torch.uint8)
-    distractor = torch.randint(0, 256, (n, 2, _H), generator=g).to(torch.uint8)
-    actions = torch.randint(0, len(_ACTION_WEIGHT), (n, 2, _H), generator=g)
-    true_r = bright.float() / 255.0 * _ACTION_WEIGHT[actions]
-    ret = true_r.sum(-1)
+    bright = torch.randint(0, 256, (n, 2, horizon), generator=g).to(torch.uint8)
+    distractor = torch.randint(0, 256, (n, 2, horizon), generator=g).to(torch.uint8)
+    actions = torch.randint(0, len(_ACTION_WEIGHT), (n, 2, horizon), generator=g)
+    ret = (bright.float() / 255.0 * _ACTION_WEIGHT[actions]).sum(-1)
     labels = (ret[:, 0] > ret[:, 1]).float()
     return bright, distractor, actions, labels
 
 
-def _returns(model: AtariCNNRewardModel, bright: torch.Tensor, distractor: torch.Tensor, actions: torch.Tensor):
+def _returns(model: AtariCNNRewardModel, data: tuple[torch.Tensor, ...], idx: torch.Tensor) -> torch.Tensor:
+    bright, distractor, actions = (t[idx] for t in data[:3])
     obs = _render(bright, distractor)  # (B, 2, H, 4, 84, 84)
     return model.segment_returns(obs, actions, torch.ones(actions.shape))
 
@@ -252,34 +257,46 @@ def _returns(model: AtariCNNRewardModel, bright: torch.Tensor, distractor: torch
 @torch.no_grad()
 def _accuracy(model: AtariCNNRewardModel, data: tuple[torch.Tensor, ...]) -> float:
     model.eval()
-    bright, distractor, actions, labels = data
-    ret = torch.cat(
-        [_returns(model, *(t[i : i + 20] for t in (bright, distractor, actions))) for i in range(0, len(labels), 20)]
-    )
-    return float(((ret[:, 0] > ret[:, 1]).float() == labels).float().mean())
+    n = len(data[3])
+    ret = torch.cat([_returns(model, data, torch.arange(i, min(i + 20, n))) for i in range(0, n, 20)])
+    return float(((ret[:, 0] > ret[:, 1]).float() == data[3]).float().mean())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
-def test_bradley_terry_learning_on_synthetic_frames(arch: str) -> None:
-    torch.manual_seed(0)
+def _learn(arch: str, n_train: int, horizon: int, epochs: int, batch: int, seed: int = 0) -> tuple[float, float]:
+    """Held-out (100 pairs) accuracy before and after Bradley-Terry training in train mode (AdamW, SoBiRL J.2)."""
+    torch.manual_seed(seed)
     model = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(len(_ACTION_WEIGHT)))  # type: ignore[arg-type]
-    train, held_out = _pairs(200, seed=10), _pairs(100, seed=11)
+    train, held_out = _pairs(n_train, horizon, seed=10 + 2 * seed), _pairs(100, horizon, seed=11 + 2 * seed)
     before = _accuracy(model, held_out)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _epoch in range(3):
+    g = torch.Generator().manual_seed(seed)
+    for _epoch in range(epochs):
         model.train()
-        perm = torch.randperm(200, generator=g)
-        for i in range(0, 200, 16):
-            idx = perm[i : i + 16]
-            ret = _returns(model, train[0][idx], train[1][idx], train[2][idx])
-            loss = bradley_terry_loss(ret, train[3][idx]).mean()
+        perm = torch.randperm(n_train, generator=g)
+        for i in range(0, n_train, batch):
+            idx = perm[i : i + batch]
+            loss = bradley_terry_loss(_returns(model, train, idx), train[3][idx]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     after = _accuracy(model, held_out)
     print(f"{arch}: held-out accuracy {before:.2f} -> {after:.2f}")
+    return before, after
+
+
+@pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
+def test_bradley_terry_learning_on_synthetic_frames_small(arch: str) -> None:
+    """Fast version: 64 pairs of 5-step segments (the full 25-step version is the slow test below)."""
+    before, after = _learn(arch, n_train=64, horizon=5, epochs=4, batch=8)
+    assert before < 0.7
+    assert after > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
+def test_bradley_terry_learning_on_synthetic_frames(arch: str) -> None:
+    """200 pairs of 25-step segments (the papers' segment length), 3 epochs."""
+    before, after = _learn(arch, n_train=200, horizon=25, epochs=3, batch=16)
     assert before < 0.7
     assert after > 0.8
 
@@ -317,7 +334,6 @@ def test_a2c_with_pbrl_trunk_runs_on_fake_atari_env() -> None:
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))  # the trunk is trained
 
 
-@pytest.mark.slow
 def test_a2c_with_pbrl_trunk_runs_on_ale_pong() -> None:
     ale_py = pytest.importorskip("ale_py")
     from stable_baselines3.common.atari_wrappers import AtariWrapper

@@ -12,6 +12,7 @@ turns the string into the class before the kwargs reach SB3. A dotted path
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, MutableSequence
 from typing import Any
 
 import gymnasium as gym
@@ -102,12 +103,13 @@ def _resolve_extractor(name: str) -> type[BaseFeaturesExtractor]:
     raise ValueError(f"follower.policy_kwargs.features_extractor_class: unknown extractor {name!r} (choose {choices})")
 
 
-def resolve_policy_kwargs(d: dict[str, Any]) -> dict[str, Any]:
+def resolve_policy_kwargs(d: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of ``d`` with a string ``features_extractor_class`` replaced by the class.
 
     The string is a :data:`FEATURE_EXTRACTORS` name (``"pbrl_cnn"``, ``"nature_cnn"``) or a dotted path to a
-    ``BaseFeaturesExtractor`` subclass. Nested dicts and lists (e.g. ``net_arch``) are copied, so the
-    caller's mapping is never modified.
+    ``BaseFeaturesExtractor`` subclass. Nested mappings and lists (e.g. ``net_arch``) are copied into plain
+    ``dict``/``list`` (an OmegaConf ``DictConfig`` may be passed directly), so the caller's mapping is never
+    modified.
 
     Raises:
         ValueError: on an unknown extractor name.
@@ -120,8 +122,8 @@ def resolve_policy_kwargs(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, MutableSequence):  # list or OmegaConf ListConfig; tuples are kept as they are
         return [_plain(v) for v in value]
     return value
