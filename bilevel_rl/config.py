@@ -119,35 +119,75 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         )
     if cfg.buffer.initial_pairs > 0 and cfg.trainer.initial_steps <= 0:
         raise ConfigError("trainer.initial_steps: must be > 0 when buffer.initial_pairs > 0 (pairs need transitions)")
-    if cfg.follower.name not in ("sac", "ppo", "a2c"):
-        raise ConfigError(f"follower.name: unknown follower {cfg.follower.name!r}")
+    from bilevel_rl.upper.base import SB3_FOLLOWERS
+
+    if cfg.follower.name not in SB3_FOLLOWERS:
+        raise ConfigError(f"follower.name: unknown follower {cfg.follower.name!r} (choose {', '.join(SB3_FOLLOWERS)})")
     _check_rule(cfg)
     if cfg.logger.mode not in ("online", "offline", "disabled"):
         raise ConfigError(f"logger.mode: must be online, offline or disabled, got {cfg.logger.mode!r}")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"device: must be cpu or cuda[:N], got {cfg.device!r}")
 
+    obs_space, act_space = _env_spaces(cfg)
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ConfigError(f"env.id: {cfg.env.id} has a {type(obs_space).__name__} observation space; a Box is required")
+    if cfg.follower.name == "sac" and not isinstance(act_space, gym.spaces.Box):
+        raise ConfigError(
+            f"follower=sac: env.id={cfg.env.id} has a discrete action space ({act_space}); "
+            "use follower=dsac (discrete SAC), ppo or a2c"
+        )
+    if cfg.follower.name == "dsac" and not isinstance(act_space, gym.spaces.Discrete):
+        raise ConfigError(
+            f"follower=dsac: env.id={cfg.env.id} has a {type(act_space).__name__} action space; discrete SAC needs "
+            "Discrete actions (use follower=sac)"
+        )
+    if not isinstance(act_space, gym.spaces.Box | gym.spaces.Discrete):
+        raise ConfigError(f"env.id: {cfg.env.id} has an unsupported action space {act_space}")
+    _check_reward_model(cfg, obs_space)
+    if OmegaConf.select(cfg, "follower.reward_clip") is not None:
+        _positive(cfg, "follower.reward_clip")
+    return {"observation_space": obs_space, "action_space": act_space}
+
+
+def _env_spaces(cfg: DictConfig) -> tuple[gym.Space, gym.Space]:
+    """Observation and action spaces of the env exactly as the follower will see it (Atari: wrapped, stacked)."""
+    from bilevel_rl.envs.atari import AtariConfig, atari_spaces, is_atari
     from bilevel_rl.envs.make import check_env_id
 
+    kwargs = {str(k): v for k, v in dict(OmegaConf.to_container(cfg.env.kwargs, resolve=True)).items()}  # type: ignore[arg-type]
     try:
         check_env_id(cfg.env.id)
-        env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs, resolve=True))  # type: ignore[arg-type]
+        atari_block = OmegaConf.select(cfg, "env.atari")
+        if atari_block is not None or is_atari(cfg.env.id):
+            block = OmegaConf.to_container(atari_block, resolve=True) if atari_block is not None else {}
+            assert isinstance(block, dict)
+            return atari_spaces(cfg.env.id, kwargs, AtariConfig.from_dict(block))
+        env = gym.make(cfg.env.id, **kwargs)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc).splitlines()[0]) from None
     except Exception as exc:  # noqa: BLE001 - missing extras, bad kwargs
         raise ConfigError(
             f"env.id: could not make {cfg.env.id!r}: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from None
     try:
-        obs_space, act_space = env.observation_space, env.action_space
+        return env.observation_space, env.action_space
     finally:
         env.close()
-    if not isinstance(obs_space, gym.spaces.Box):
-        raise ConfigError(f"env.id: {cfg.env.id} has a {type(obs_space).__name__} observation space; a Box is required")
-    if cfg.follower.name == "sac" and not isinstance(act_space, gym.spaces.Box):
+
+
+def _check_reward_model(cfg: DictConfig, obs_space: gym.Space) -> None:
+    """The reward model family fits the observations (CNNs for Atari stacks, the MLP for vectors)."""
+    from stable_baselines3.common.preprocessing import is_image_space
+
+    name = cfg.reward_model.name
+    image = is_image_space(obs_space)
+    if name == "mlp" and image:
         raise ConfigError(
-            f"follower=sac: env.id={cfg.env.id} has a discrete action space ({act_space}); use follower=ppo or a2c"
+            f"reward_model=mlp: env.id={cfg.env.id} has image observations {obs_space.shape}; "
+            "use reward_model=cnn_sobirl or cnn_pbrl"
         )
-    if not isinstance(act_space, gym.spaces.Box | gym.spaces.Discrete):
-        raise ConfigError(f"env.id: {cfg.env.id} has an unsupported action space {act_space}")
-    return {"observation_space": obs_space, "action_space": act_space}
+    if name == "cnn" and not image:
+        raise ConfigError(f"reward_model=cnn: env.id={cfg.env.id} has vector observations; use reward_model=mlp")
+    if name not in ("mlp", "cnn"):
+        raise ConfigError(f"reward_model.name: unknown reward model {name!r} (choose mlp or cnn)")

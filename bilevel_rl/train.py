@@ -16,6 +16,8 @@ from bilevel_rl.data.preference_buffer import PreferenceBuffer
 from bilevel_rl.data.teachers import make_teacher
 from bilevel_rl.followers.sb3 import make_follower
 from bilevel_rl.logging import MetricLogger
+from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.reward_models.cnn import make_cnn_reward_model
 from bilevel_rl.reward_models.mlp import make_reward_model
 from bilevel_rl.trainer import Trainer, TrainerConfig
 from bilevel_rl.upper.base import make_rule
@@ -68,6 +70,30 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, cli_overrides: list[str]) -> 
     return merged
 
 
+def build_reward_model(rm_cfg: DictConfig, spaces: dict[str, Any]) -> RewardModel:
+    """The reward model of ``reward_model=<preset>``: ``mlp`` (vectors) or ``cnn`` (Atari, ``arch`` sobirl|pbrl)."""
+    if rm_cfg.name == "cnn":
+        arch = str(rm_cfg.arch)
+        if arch not in ("sobirl", "pbrl"):
+            raise ConfigError(f"reward_model.arch: unknown CNN {arch!r} (choose sobirl or pbrl)")
+        model: RewardModel = make_cnn_reward_model(
+            arch,  # type: ignore[arg-type]
+            spaces["observation_space"],
+            spaces["action_space"],
+        )
+        model.normalize = bool(rm_cfg.normalize)
+        return model
+    return make_reward_model(
+        rm_cfg.name,
+        spaces["observation_space"],
+        spaces["action_space"],
+        tuple(rm_cfg.hidden_sizes),
+        bool(rm_cfg.use_action),
+        bool(rm_cfg.normalize),
+        bool(rm_cfg.normalize_inputs),
+    )
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Trainer:
     """Validate ``cfg`` and construct the follower, reward model, rule, teacher, buffer, logger and trainer."""
     spaces = validate(cfg, require_exp=not resume)
@@ -87,17 +113,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         record_steps=max(int(cfg.trainer.steps_per_iter), int(cfg.trainer.initial_steps)) // int(cfg.env.n_envs) + 1,
         env_kwargs=_container(cfg.env.kwargs),
         device=cfg.device,
+        atari=_container(OmegaConf.select(cfg, "env.atari")),
+        eval_deterministic=bool(f.get("eval_deterministic", True)),
+        reward_clip=f.get("reward_clip"),
     )
-    rm_cfg = cfg.reward_model
-    reward_model = make_reward_model(
-        rm_cfg.name,
-        spaces["observation_space"],
-        spaces["action_space"],
-        tuple(rm_cfg.hidden_sizes),
-        bool(rm_cfg.use_action),
-        bool(rm_cfg.normalize),
-        bool(rm_cfg.normalize_inputs),
-    ).to(cfg.device)
+    reward_model = build_reward_model(cfg.reward_model, spaces).to(cfg.device)
     upper_params = {k: v for k, v in _container(cfg.upper).items() if k != "name"}
     rule = make_rule(cfg.upper.name, upper_params)
     teacher_params = {k: v for k, v in _container(cfg.teacher).items() if k != "name"}

@@ -1,8 +1,13 @@
-"""SB3 followers: SAC (rewards relabelled at replay-sample time), PPO and A2C (learned-reward vec-env wrapper).
+"""SB3 followers: SAC, discrete SAC, PPO and A2C on vector-observation envs and on Atari.
 
-We subclass SB3 (never patch it): ``BilevelSAC``/``BilevelPPO``/``BilevelA2C`` only change how learning-rate
-progress is measured (over the whole run, not per ``learn`` call), and SAC's replay buffer relabels rewards
-with the current reward model whenever a batch is sampled, so stored rewards never go stale.
+Atari envs get the DeepMind wrappers and channels-first 4×84×84 stacks (:mod:`bilevel_rl.envs.atari`). On-policy
+followers get the learned reward from a vec-env wrapper.
+
+We subclass SB3 (never patch it): ``BilevelSAC``/``BilevelDiscreteSAC``/``BilevelPPO``/``BilevelA2C`` only change
+how learning-rate progress is measured (over the whole run, not per ``learn`` call). The off-policy followers'
+replay buffers relabel rewards with the current reward model whenever a batch is sampled, so stored rewards never
+go stale: :class:`~bilevel_rl.followers.relabel.RelabelingReplayBuffer` for vector observations,
+:class:`~bilevel_rl.followers.frame_buffer.FrameStackReplayBuffer` (each Atari frame stored once) for images.
 """
 
 from __future__ import annotations
@@ -15,80 +20,46 @@ import numpy as np
 import torch
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.save_util import recursive_getattr
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from typing_extensions import override
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.envs.atari import (
+    AtariConfig,
+    evaluate_atari,
+    get_vec_stack_state,
+    is_atari,
+    make_atari_eval_env,
+    make_atari_train_env,
+    set_vec_stack_state,
+)
 from bilevel_rl.envs.make import LearnedRewardVecEnv, make_eval_env, make_train_env, torch_reward_fn
 from bilevel_rl.envs.state import get_env_state, set_env_state
+from bilevel_rl.followers.atari_policies import resolve_policy_kwargs
 from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, TransitionRecorder
+from bilevel_rl.followers.discrete_sac import DiscreteSAC
+from bilevel_rl.followers.frame_buffer import FrameStackReplayBuffer
+from bilevel_rl.followers.relabel import RelabelingReplayBuffer
 from bilevel_rl.reward_models.base import RewardModel
 
+__all__ = ["RelabelingReplayBuffer", "SB3Follower", "make_follower", "squashed_gaussian"]
 
-class RelabelingReplayBuffer(ReplayBuffer):
-    """SB3 replay buffer whose sampled rewards always come from the *current* reward model.
 
-    ``true_rewards`` keeps the environment's rewards; SB3's ``rewards`` array is used as a cache of learned
-    rewards, so SB3's own ``_get_samples`` (and its RNG draws) stay untouched. Before each sample, if any row of
-    the batch was computed under an older reward model, every stale row in the buffer is recomputed at once, in
-    fixed blocks of ``block_size`` rows (fixed shapes keep the arithmetic identical between runs). A reward model
-    counts as changed when any parameter or buffer was replaced or modified in place (torch's version counters),
-    so a leader step, a normalisation update or a manual edit are all seen by the very next sampled batch.
-    Between leader updates this computes each transition's reward once instead of once per sample.
-    """
+class _FlatActionRewards:
+    """A reward model seen through flat discrete actions: replay buffers store them as ``(B, 1)``."""
 
-    reward_model: RewardModel | None = None
-    action_low: torch.Tensor | None = None
-    action_high: torch.Tensor | None = None
-    block_size: int = 1024
-    _fingerprint: Any = None
+    def __init__(self, model: RewardModel) -> None:
+        self.model = model
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.true_rewards = np.zeros_like(self.rewards)
-        self.fresh = np.zeros((self.buffer_size,), dtype=bool)
+    def relabel(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.model.relabel(obs, torch.as_tensor(actions).reshape(-1).long())
 
-    @override
-    def add(self, obs: Any, next_obs: Any, action: Any, reward: Any, done: Any, infos: Any) -> None:
-        self.true_rewards[self.pos] = np.array(reward)
-        self.fresh[self.pos] = False
-        super().add(obs, next_obs, action, reward, done, infos)
-
-    def refresh(self, rows: np.ndarray | None = None) -> int:
-        """Recompute stale learned rewards if any of ``rows`` (default: all) is stale; return rows recomputed."""
-        model = self.reward_model
-        if model is None:
-            return 0
-        fingerprint = model.fingerprint()
-        if fingerprint != self._fingerprint:
-            self.fresh[:] = False
-            self._fingerprint = fingerprint
-        upper = self.buffer_size if self.full else self.pos
-        if rows is not None and self.fresh[rows].all():
-            return 0
-        stale = np.flatnonzero(~self.fresh[:upper])
-        done = 0
-        for block in np.unique(stale // self.block_size):
-            lo, hi = block * self.block_size, min((block + 1) * self.block_size, self.buffer_size)
-            obs = self.to_torch(self.observations[lo:hi].reshape(-1, *self.obs_shape))
-            act = self.to_torch(self.actions[lo:hi].reshape(-1, self.action_dim))
-            if self.action_low is not None and self.action_high is not None:  # stored scaled to [-1, 1]
-                act = self.action_low + 0.5 * (act + 1.0) * (self.action_high - self.action_low)
-            reward = model.relabel(obs, act).reshape(hi - lo, self.n_envs)
-            self.rewards[lo:hi] = reward.cpu().numpy()
-            self.fresh[lo:hi] = True
-            done += hi - lo
-        return done
-
-    @override
-    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
-        self.refresh(batch_inds)
-        return super()._get_samples(batch_inds, env)
+    def fingerprint(self) -> Any:
+        return self.model.fingerprint()
 
 
 class _ClampedSquash(torch.distributions.TransformedDistribution):
@@ -141,6 +112,10 @@ class BilevelSAC(_GlobalProgressMixin, SAC):
                 group["lr"] = lr
 
 
+class BilevelDiscreteSAC(_GlobalProgressMixin, DiscreteSAC):
+    """Discrete SAC (Christodoulou 2019; SoBiRL J.2 / code) with run-level learning-rate progress."""
+
+
 class BilevelPPO(_GlobalProgressMixin, PPO):
     """PPO with run-level learning-rate progress."""
 
@@ -155,6 +130,7 @@ class _RecorderCallback(BaseCallback):
     def __init__(self, recorder: TransitionRecorder) -> None:
         super().__init__()
         self.recorder = recorder
+        self.game_returns: list[float] = []  # Monitor's full-episode returns (Atari: whole game, unclipped)
 
     def _on_step(self) -> bool:
         loc = self.locals
@@ -162,6 +138,7 @@ class _RecorderCallback(BaseCallback):
         infos = loc["infos"]
         true_r = np.array([info.get("true_reward", np.nan) for info in infos], dtype=np.float32)
         truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
+        self.game_returns += [float(info["episode"]["r"]) for info in infos if "episode" in info]
         # SB3 updates model._last_obs only after the callback, so it still holds the pre-step observation.
         self.recorder.add(
             np.asarray(self.model._last_obs).copy(),
@@ -181,7 +158,13 @@ def _schedule(lr: float, kind: str) -> Any:
     raise ValueError(f"follower.lr_schedule: unknown schedule {kind!r} (choose constant or linear)")
 
 
-_ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": BilevelSAC, "ppo": BilevelPPO, "a2c": BilevelA2C}
+_ALGOS: dict[str, type[BaseAlgorithm]] = {
+    "sac": BilevelSAC,
+    "dsac": BilevelDiscreteSAC,
+    "ppo": BilevelPPO,
+    "a2c": BilevelA2C,
+}
+_OFF_POLICY = ("sac", "dsac")
 _STATE_ATTRS = (
     "num_timesteps",
     "_n_updates",
@@ -197,17 +180,23 @@ class SB3Follower(Follower):
     """A follower backed by an SB3 algorithm.
 
     Args:
-        algo: ``sac``, ``ppo`` or ``a2c``.
-        env_id: gymnasium id (Box observation space).
+        algo: ``sac``, ``dsac`` (discrete SAC), ``ppo`` or ``a2c``.
+        env_id: gymnasium id (Box observation space); ALE ids get the DeepMind wrapper stack.
         n_envs: parallel environments.
         seed: seed for SB3, the envs and the action space.
-        algo_kwargs: keyword arguments for the SB3 constructor.
+        algo_kwargs: keyword arguments for the SB3 constructor (``policy_kwargs.features_extractor_class`` may
+            name a registered extractor, e.g. ``pbrl_cnn``).
         lr_schedule: ``constant`` or ``linear`` (decays to 0 at ``lr_horizon`` env steps).
         lr_horizon: env steps over which the schedule runs (SoBiRL: 8e6).
         actor_lr: SAC only, a separate actor learning rate (``None``: same as ``learning_rate``).
         record_steps: how many recent steps per env :meth:`collect` can return.
         env_kwargs: extra ``gym.make`` keyword arguments.
         device: torch device.
+        atari: the ``env.atari`` block (:class:`~bilevel_rl.envs.atari.AtariConfig` fields); ``None`` for an ALE id
+            means the defaults.
+        eval_deterministic: evaluate the greedy policy (``False``: sample from it, as the SoBiRL code reports
+            training-episode scores; a greedy Atari policy can stall after losing a life).
+        reward_clip: off-policy image followers: clamp relabelled rewards to ``[-c, c]`` (SoBiRL code: 1).
     """
 
     def __init__(
@@ -223,6 +212,9 @@ class SB3Follower(Follower):
         record_steps: int = 5000,
         env_kwargs: dict[str, Any] | None = None,
         device: str = "cpu",
+        atari: dict[str, Any] | None = None,
+        eval_deterministic: bool = True,
+        reward_clip: float | None = None,
     ) -> None:
         self._init_kwargs: dict[str, Any] = {
             "algo": algo,
@@ -236,27 +228,45 @@ class SB3Follower(Follower):
             "record_steps": record_steps,
             "env_kwargs": env_kwargs,
             "device": device,
+            "atari": atari,
+            "eval_deterministic": eval_deterministic,
+            "reward_clip": reward_clip,
         }
         if algo not in _ALGOS:
-            raise ValueError(f"follower.name: unknown follower {algo!r} (choose sac, ppo or a2c)")
+            raise ValueError(f"follower.name: unknown follower {algo!r} (choose {', '.join(_ALGOS)})")
         self.algo = algo
         self.env_id = env_id
         self.env_kwargs = env_kwargs or {}
-        venv: VecEnv = make_train_env(env_id, n_envs, seed, self.env_kwargs)
+        self.eval_deterministic = eval_deterministic
+        self.atari: AtariConfig | None = None
+        if atari is not None or is_atari(env_id):
+            self.atari = AtariConfig.from_dict(dict(atari or {}))
+            venv: VecEnv = make_atari_train_env(env_id, n_envs, seed, self.env_kwargs, self.atari)
+        else:
+            venv = make_train_env(env_id, n_envs, seed, self.env_kwargs)
         if algo == "sac" and not isinstance(venv.action_space, gym.spaces.Box):
             venv.close()
             raise ValueError(f"follower=sac needs a continuous (Box) action space; {env_id} has {venv.action_space}")
+        if algo == "dsac" and not isinstance(venv.action_space, gym.spaces.Discrete):
+            venv.close()
+            raise ValueError(f"follower=dsac needs a Discrete action space; {env_id} has {venv.action_space}")
         self.reward_wrapper: LearnedRewardVecEnv | None = None
-        if algo != "sac":
+        if algo not in _OFF_POLICY:
             self.reward_wrapper = LearnedRewardVecEnv(venv)
             venv = self.reward_wrapper
+        self.image_obs = is_image_space(venv.observation_space)
         kwargs = dict(algo_kwargs)
         lr = float(kwargs.pop("learning_rate", 3e-4))
-        if algo == "sac":
-            kwargs["replay_buffer_class"] = RelabelingReplayBuffer
+        kwargs["policy_kwargs"] = resolve_policy_kwargs(dict(kwargs.get("policy_kwargs") or {}))
+        if algo in _OFF_POLICY:
+            if self.image_obs:
+                kwargs["replay_buffer_class"] = FrameStackReplayBuffer
+                kwargs["replay_buffer_kwargs"] = {"reward_clip": reward_clip}
+            else:
+                kwargs["replay_buffer_class"] = RelabelingReplayBuffer
         cls = _ALGOS[algo]
         self.model: BaseAlgorithm = cls(
-            "MlpPolicy",
+            "CnnPolicy" if self.image_obs else "MlpPolicy",
             venv,
             learning_rate=_schedule(lr, lr_schedule),
             seed=seed,
@@ -273,6 +283,7 @@ class SB3Follower(Follower):
         self.recorder = TransitionRecorder(record_steps, n_envs)
         self._callback = _RecorderCallback(self.recorder)
         self._eval_env: gym.Env | None = None
+        self._eval_venv: VecEnv | None = None
         self.seed = seed
         self.reward_model: RewardModel | None = None
         self.true_reward_only = False
@@ -284,7 +295,9 @@ class SB3Follower(Follower):
     @override
     def set_reward_model(self, reward_model: RewardModel) -> None:
         self.reward_model = reward_model
-        if self.algo == "sac":
+        if self.algo == "dsac":
+            self.model.replay_buffer.reward_model = _FlatActionRewards(reward_model)  # type: ignore[attr-defined]
+        elif self.algo == "sac":
             buf = self.model.replay_buffer  # type: ignore[attr-defined]
             buf.reward_model = reward_model
             space = self.action_space
@@ -320,7 +333,9 @@ class SB3Follower(Follower):
             metrics["follower/extra_policy_loss"] = self.extra_loss_sum / self.extra_loss_count
             self.extra_loss_sum, self.extra_loss_count = 0.0, 0
         batch = self.recorder.batch(max(1, steps // self.num_envs))
-        returns = batch.episode_returns()
+        # Atari: Monitor's whole-game unclipped scores (the recorder's episodes end at every lost life)
+        returns = self._callback.game_returns if self.atari is not None else batch.episode_returns()
+        self._callback.game_returns = []
         if returns:
             metrics["follower/ep_true_return"] = float(np.mean(returns))
         return metrics
@@ -343,7 +358,7 @@ class SB3Follower(Follower):
     @property
     def temperature(self) -> float:
         m = self.model
-        if self.algo == "sac":
+        if self.algo in _OFF_POLICY:
             if getattr(m, "log_ent_coef", None) is not None:
                 return float(torch.exp(m.log_ent_coef.detach()).item())  # type: ignore[attr-defined]
             return float(m.ent_coef_tensor.item())  # type: ignore[attr-defined]
@@ -353,11 +368,14 @@ class SB3Follower(Follower):
     def action_dist(self, obs: np.ndarray | torch.Tensor, grad: bool = False) -> torch.distributions.Distribution:
         """``π(·|s)`` in env action units.
 
-        SAC: tanh-squashed and rescaled to ``[low, high]``; PPO/A2C: Gaussian (the env clips its samples) or
-        categorical.
+        SAC: tanh-squashed and rescaled to ``[low, high]``; discrete SAC: categorical over the actor's logits;
+        PPO/A2C: Gaussian (the env clips its samples) or categorical.
         """
         o = torch.as_tensor(obs, device=self.model.device)
         with torch.set_grad_enabled(grad):
+            if self.algo == "dsac":
+                logits = self.model.policy.action_logits(o)  # type: ignore[operator]
+                return torch.distributions.Categorical(logits=logits)
             if self.algo == "sac":
                 actor = self.model.actor  # type: ignore[attr-defined]
                 mean, log_std, _ = actor.get_action_dist_params(o)
@@ -374,7 +392,7 @@ class SB3Follower(Follower):
         self._extra_loss = fn
         if self._extra_hook is None and fn is not None:
             m = self.model
-            opt = m.actor.optimizer if self.algo == "sac" else m.policy.optimizer  # type: ignore[attr-defined]
+            opt: Any = m.policy.actor.optimizer if self.algo in _OFF_POLICY else m.policy.optimizer  # type: ignore[union-attr]
             self._extra_hook = opt.register_step_pre_hook(self._apply_extra_loss)
 
     def _apply_extra_loss(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -398,15 +416,23 @@ class SB3Follower(Follower):
     def set_reward_model_to_true_reward(self) -> None:
         self.reward_model = None
         self.true_reward_only = True
-        if self.algo == "sac":
+        if self.algo in _OFF_POLICY:
             self.model.replay_buffer.reward_model = None  # type: ignore[attr-defined]
         else:
             assert self.reward_wrapper is not None
             self.reward_wrapper.reward_fn = None
 
     # ------------------------------------------------------------------ evaluation
+    def _predict(self, obs: np.ndarray) -> np.ndarray:
+        action, _ = self.model.predict(obs, deterministic=self.eval_deterministic)
+        return action
+
     @override
     def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+        if self.atari is not None:  # whole games, unclipped score, no life-loss termination
+            if self._eval_venv is None:
+                self._eval_venv = make_atari_eval_env(self.env_id, self.env_kwargs, self.atari, seed)
+            return evaluate_atari(self._predict, self._eval_venv, episodes, seed, self.atari.eval_max_steps)
         if self._eval_env is None:
             self._eval_env = make_eval_env(self.env_id, self.env_kwargs)
         env = self._eval_env
@@ -415,8 +441,7 @@ class SB3Follower(Follower):
             obs, _ = env.reset(seed=seed + i)
             done, ret, length = False, 0.0, 0
             while not done:
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, _ = env.step(self._predict(obs))
                 ret += float(reward)
                 length += 1
                 done = terminated or truncated
@@ -429,14 +454,26 @@ class SB3Follower(Follower):
         }
 
     def record_video(self, seed: int, max_steps: int = 1000) -> np.ndarray:
-        """Frames ``(T, H, W, 3)`` of one deterministic episode (needs a render backend, e.g. ``MUJOCO_GL=egl``)."""
+        """Frames ``(T, H, W, 3)`` of one evaluation episode (MuJoCo needs a render backend, e.g. ``MUJOCO_GL=egl``)."""
+        if self.atari is not None:
+            venv = make_atari_eval_env(self.env_id, self.env_kwargs, self.atari, seed, render=True)
+            try:
+                vobs = venv.reset()
+                images = [venv.get_images()[0]]
+                for _ in range(max_steps):
+                    vobs, _, dones, _ = venv.step(self._predict(np.asarray(vobs)))
+                    images.append(venv.get_images()[0])
+                    if dones[0]:
+                        break
+            finally:
+                venv.close()
+            return np.stack([np.asarray(f) for f in images])
         env = make_eval_env(self.env_id, self.env_kwargs, render=True)
         try:
             obs, _ = env.reset(seed=seed)
             frames = [env.render()]
             for _ in range(max_steps):
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, _, terminated, truncated, _ = env.step(action)
+                obs, _, terminated, truncated, _ = env.step(self._predict(obs))
                 frames.append(env.render())
                 if terminated or truncated:
                     break
@@ -445,9 +482,14 @@ class SB3Follower(Follower):
         return np.stack([np.asarray(f) for f in frames])
 
     # ------------------------------------------------------------------ checkpoints
+    def _train_venv(self) -> VecEnv:
+        venv = self.model.get_env()
+        assert venv is not None
+        return venv
+
     def _vec_env(self) -> DummyVecEnv:
         venv = self.model.get_env()
-        while isinstance(venv, LearnedRewardVecEnv):
+        while isinstance(venv, VecEnvWrapper):  # learned reward, Atari frame stack / transposition
             venv = venv.venv
         if not isinstance(venv, DummyVecEnv):
             raise TypeError("checkpointing needs a DummyVecEnv")
@@ -471,7 +513,11 @@ class SB3Follower(Follower):
         }
         if self.reward_wrapper is not None:
             state["wrapper_prev_obs"] = self.reward_wrapper.prev_obs
-        if self.algo == "sac":
+        if self.atari is not None:
+            state["frame_stack"] = get_vec_stack_state(self._train_venv())
+        if self.algo in _OFF_POLICY and isinstance(m.replay_buffer, FrameStackReplayBuffer):  # type: ignore[attr-defined]
+            state["replay_buffer"] = m.replay_buffer.state_dict()  # type: ignore[attr-defined]
+        elif self.algo in _OFF_POLICY:
             buf = m.replay_buffer  # type: ignore[attr-defined]
             # the reward cache is not trusted after a restore (_fingerprint is dropped): the first sample
             # recomputes it, exactly as the uninterrupted run does after the leader step before the checkpoint
@@ -502,7 +548,11 @@ class SB3Follower(Follower):
             set_env_state(env, env_state)
         if self.reward_wrapper is not None:
             self.reward_wrapper.prev_obs = state.get("wrapper_prev_obs")
-        if self.algo == "sac":
+        if "frame_stack" in state:
+            set_vec_stack_state(self._train_venv(), state["frame_stack"])
+        if self.algo in _OFF_POLICY and isinstance(m.replay_buffer, FrameStackReplayBuffer):  # type: ignore[attr-defined]
+            m.replay_buffer.load_state_dict(state["replay_buffer"])  # type: ignore[attr-defined]
+        elif self.algo in _OFF_POLICY:
             buf = m.replay_buffer  # type: ignore[attr-defined]
             buf.__dict__.update(state["replay_buffer"])
             buf._fingerprint = None
@@ -512,6 +562,8 @@ class SB3Follower(Follower):
         self.model.get_env().close()  # type: ignore[union-attr]
         if self._eval_env is not None:
             self._eval_env.close()
+        if self._eval_venv is not None:
+            self._eval_venv.close()
 
 
 def make_follower(

@@ -51,10 +51,21 @@ class RewardModel(nn.Module, ABC):
         """Sum of raw rewards over the valid steps of each segment: ``(..., H, ...)`` → ``(...)``."""
         return (self.rewards(obs, actions) * mask).sum(dim=-1)
 
+    def action_rewards(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """Raw rewards of every discrete action, ``(B, |A|)``, in one pass; ``None`` if the model has no such head.
+
+        Models with a per-action head (the papers' Atari CNNs) override this so ``Σ_a π(a|s) r(s, a)`` costs one
+        forward pass, and BatchNorm statistics are those of the real batch, not of ``|A|`` repeated copies.
+        """
+        return None
+
     @property
     @abstractmethod
     def action_ndim(self) -> int:
         """Number of trailing dimensions of one action (0 for discrete, 1 for Box)."""
+
+    relabel_batch_size: int = 2048
+    """Flat batches larger than this are relabelled in chunks (bounded memory for 84×84×4 images)."""
 
     @torch.no_grad()
     def relabel(self, obs: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -64,7 +75,11 @@ class RewardModel(nn.Module, ABC):
         try:
             o = torch.as_tensor(obs, device=self.device)
             a = torch.as_tensor(actions, device=self.device)
-            r = self.rewards(o, a)
+            n, step = len(a), self.relabel_batch_size
+            if a.dim() == self.action_ndim + 1 and n > step:
+                r = torch.cat([self.rewards(o[i : i + step], a[i : i + step]) for i in range(0, n, step)])
+            else:
+                r = self.rewards(o, a)
             if self.normalize:
                 r = r * self.reward_scale
             return r.float()

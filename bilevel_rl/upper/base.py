@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from bilevel_rl.followers.base import Follower
     from bilevel_rl.reward_models.base import RewardModel
 
+SB3_FOLLOWERS = ("sac", "dsac", "ppo", "a2c")
+"""Follower names backed by SB3 algorithms (no generative model: they cannot restart from an arbitrary state)."""
+
 
 def bradley_terry_loss(returns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-pair Bradley–Terry cross-entropy (SoBiRL eq. 101 with the BCE of L117).

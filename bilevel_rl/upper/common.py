@@ -110,6 +110,9 @@ def expected_policy_reward(model: RewardModel, follower: Follower, obs: torch.Te
     if isinstance(dist, torch.distributions.Categorical):
         probs = dist.probs.to(obs.dtype if obs.is_floating_point() else torch.float32)
         n, num_actions = probs.shape
+        per_action = model.action_rewards(obs)  # one pass for per-action-head models (the papers' Atari CNNs)
+        if per_action is not None:
+            return (probs.to(per_action.dtype) * per_action).sum(dim=1)
         all_actions = torch.arange(num_actions, device=obs.device).repeat(n)
         rewards = model(obs.repeat_interleave(num_actions, dim=0), all_actions).reshape(n, num_actions)
         return (probs.to(rewards.dtype) * rewards).sum(dim=1)

@@ -52,9 +52,8 @@ from typing_extensions import override
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.upper.base import SB3_FOLLOWERS
 from bilevel_rl.upper.common import LeaderOptimConfig, PreferenceRule, Surrogate, expected_policy_reward, pair_losses
-
-SB3_FOLLOWERS = ("sac", "ppo", "a2c")
 
 
 @dataclass

@@ -46,6 +46,7 @@ from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower, Rollouts
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.upper.base import SB3_FOLLOWERS
 from bilevel_rl.upper.common import (
     LeaderOptimConfig,
     PreferenceRule,
@@ -370,7 +371,7 @@ class PBRL(PenaltyRule):
     @override
     def check_follower(cls, follower_name: str, params: dict[str, Any]) -> str | None:
         mixed = params.get("penalty") == "bellman" and params.get("bellman_estimator") == "mixed"
-        if mixed and follower_name in ("sac", "ppo", "a2c"):
+        if mixed and follower_name in SB3_FOLLOWERS:
             return "upper.bellman_estimator=mixed needs a generative model (tabular followers only); use depth1"
         return None
 

@@ -52,7 +52,7 @@ from typing_extensions import override
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import bradley_terry_loss
+from bilevel_rl.upper.base import SB3_FOLLOWERS, bradley_terry_loss
 from bilevel_rl.upper.common import LeaderOptimConfig, PreferenceRule, Surrogate, pair_tensors
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -183,7 +183,7 @@ class SoBiRL(PreferenceRule):
     @classmethod
     def check_follower(cls, follower_name: str, params: dict[str, Any]) -> str | None:
         """SB3 followers have no generative model, so they cannot run ``estimator=rollout``."""
-        if params.get("estimator") == "rollout" and follower_name in ("sac", "ppo", "a2c"):
+        if params.get("estimator") == "rollout" and follower_name in SB3_FOLLOWERS:
             return (
                 "upper.estimator=rollout needs a generative model (reset to an arbitrary state), which SB3 "
                 "followers lack; use upper.estimator=truncated"
