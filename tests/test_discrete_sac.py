@@ -297,6 +297,9 @@ def test_save_load_callbacks_logger(tmp_path: Any) -> None:
     )
     for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    without_env = DiscreteSAC.load(tmp_path / "dsac")
+    expected = model.predict(obs, deterministic=True)[0]
+    np.testing.assert_array_equal(without_env.predict(obs, deterministic=True)[0], expected)
     loaded.learn(20, reset_num_timesteps=False)  # training resumes
     assert loaded.num_timesteps == 160
 

@@ -409,7 +409,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
             sde_support=False,
             support_multi_env=True,
         )
-        if self.action_space is not None:
+        if getattr(self, "action_space", None) is not None:  # unset when loading without an env
             _refuse_non_discrete(self.action_space)
         if target_update_interval < 1:
             raise ValueError(f"DiscreteSAC: target_update_interval must be >= 1, got {target_update_interval}")
@@ -542,7 +542,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
 
         self._n_updates += gradient_steps
         interval = self.target_update_interval
-        if self.num_timesteps // interval > self._last_target_update // interval:
+        if self.num_timesteps // interval != self._last_target_update // interval:  # `!=`: counters may reset
             polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
             self._last_target_update = self.num_timesteps
 
