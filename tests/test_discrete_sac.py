@@ -219,8 +219,8 @@ CARTPOLE_KWARGS: dict[str, Any] = {
 }
 
 
-def _cartpole_return(seed: int, steps: int) -> float:
-    model = DiscreteSAC("MlpPolicy", "CartPole-v1", seed=seed, **CARTPOLE_KWARGS)
+def _cartpole_return(seed: int, steps: int, **overrides: Any) -> float:
+    model = DiscreteSAC("MlpPolicy", "CartPole-v1", seed=seed, **{**CARTPOLE_KWARGS, **overrides})
     model.learn(steps)
     mean, _ = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=5, deterministic=True, warn=False)
     return float(mean)
@@ -231,9 +231,13 @@ def test_learns_cartpole() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_learns_cartpole_longer(seed: int) -> None:
-    assert _cartpole_return(seed=seed, steps=8000) > 200
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_learns_cartpole_longer_with_sobirl_temperature(seed: int) -> None:
+    # SoBiRL's temperature defaults (alpha_0 = 1, target entropy 0.89 log|A|), lr 1e-3, soft targets: seeds 0-2
+    # gave 409, 387 and 499 by hand at 8000 steps (~35 s each on one thread).
+    overrides = {"learning_rate": 1e-3, "learning_starts": 500, "tau": 0.01, "gamma": 0.99}
+    overrides |= {"ent_coef": "auto_1.0", "target_entropy_scale": 0.89}
+    assert _cartpole_return(seed=seed, steps=8000, **overrides) > 300
 
 
 class _KeyWriter(KVWriter):
@@ -350,3 +354,15 @@ def test_cnn_policy_smoke_and_single_scaling() -> None:
     assert dist.probs.shape == (2, 3)
     action, _ = model.predict(frame[0].numpy(), deterministic=True)
     assert int(action) == int(logits[0].argmax())
+
+
+def test_lr_schedule_reaches_all_three_optimizers_and_truncations_are_not_dones() -> None:
+    model = toy_model(learning_rate=lambda progress: 1e-3 * progress, learning_starts=5)
+    model.learn(30)  # ToyEnv only truncates (time limit), never terminates
+    assert model.replay_buffer is not None and model._episode_num == 3
+    assert float(model.replay_buffer.sample(64).dones.sum()) == 0.0
+    model._current_progress_remaining = 0.25
+    model.train(gradient_steps=1, batch_size=4)
+    assert model.ent_coef_optimizer is not None
+    for opt in (model.actor.optimizer, model.critic.optimizer, model.ent_coef_optimizer):
+        assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
