@@ -319,8 +319,9 @@ class DiscreteSAC(OffPolicyAlgorithm):
       whose gradient in ``log_alpha`` is ``H(pi) - target_entropy``: alpha falls when the entropy is above target.
 
     cleanrl writes the actor and temperature losses with ``.mean()`` over batch AND actions (an extra 1/|A|)
-    and scales the temperature loss by ``alpha`` instead of ``log_alpha``; we use the brief's per-state sums and
-    SB3's ``log_alpha`` form. Both only rescale gradients (same sign), which Adam largely normalises away.
+    and scales the temperature loss by ``alpha`` instead of ``log_alpha``; we use per-state sums over actions (the
+    expectations of Christodoulou 2019) and SB3's ``log_alpha`` form. Both only rescale gradients (same sign),
+    which Adam largely normalises away.
 
     Target critics are Polyak-updated with coefficient ``tau`` (1.0 = hard copy) whenever the env-step counter
     crosses a multiple of ``target_update_interval`` (at most once per ``train`` call).
