@@ -22,6 +22,7 @@ def _register_optional_envs() -> None:
         import ale_py
 
         gym.register_envs(ale_py)
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr at every env creation
     except ImportError:
         pass
 

@@ -173,6 +173,7 @@ _STATE_ATTRS = (
     "_last_original_obs",
     "_last_episode_starts",
     "_current_progress_remaining",
+    "_last_target_update",  # discrete SAC: when the target critics were last copied
 )
 
 
@@ -429,6 +430,16 @@ class SB3Follower(Follower):
 
     @override
     def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+        """True-reward evaluation; a stochastic policy samples from its own torch RNG stream seeded by ``seed``.
+
+        Training's RNG streams are left untouched, so whether (and how often) a run evaluates never changes its
+        training (a resumed run evaluates at the end of the part before the stop, the uninterrupted one may not).
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._evaluate(episodes, seed)
+
+    def _evaluate(self, episodes: int, seed: int) -> dict[str, float]:
         if self.atari is not None:  # whole games, unclipped score, no life-loss termination
             if self._eval_venv is None:
                 self._eval_venv = make_atari_eval_env(self.env_id, self.env_kwargs, self.atari, seed)
@@ -503,7 +514,7 @@ class SB3Follower(Follower):
             "params": m.get_parameters(),
             # get_parameters() leaves out SB3's "pytorch variables" (SAC's log_ent_coef): keep them too
             "torch_vars": {name: recursive_getattr(m, name).detach().clone() for name in m._get_torch_save_params()[1]},
-            "attrs": {k: getattr(m, k, None) for k in _STATE_ATTRS},
+            "attrs": {k: getattr(m, k) for k in _STATE_ATTRS if hasattr(m, k)},
             "ep_info_buffer": list(m.ep_info_buffer or []),
             "ep_success_buffer": list(m.ep_success_buffer or []),
             "action_space_rng": m.action_space.np_random.bit_generator.state,
