@@ -82,7 +82,7 @@ def main() -> None:
             target_update_interval=1_000,
             exploration_fraction=0.25,
             exploration_final_eps=0.01,
-            replay_buffer_class=FrameStackReplayBuffer,
+            replay_buffer_class=FrameStackReplayBuffer,  # type: ignore[arg-type]  # SB3 types a ReplayBuffer subclass
             seed=args.seed,
             device="cpu",
         )

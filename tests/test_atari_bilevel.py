@@ -5,7 +5,6 @@ import math
 
 import pandas as pd
 import pytest
-
 from helpers import assert_refused, cli, metrics
 
 pytest.importorskip("ale_py")
