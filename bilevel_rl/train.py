@@ -82,6 +82,7 @@ def build_reward_model(rm_cfg: DictConfig, spaces: dict[str, Any]) -> RewardMode
             spaces["action_space"],
         )
         model.normalize = bool(rm_cfg.normalize)
+        model.center = bool(rm_cfg.get("center", False))
         return model
     return make_reward_model(
         rm_cfg.name,

@@ -150,6 +150,7 @@ class Trainer:
         if self.reward_model.normalize:
             self.reward_model.update_normalization(batch.flat_obs(), batch.flat_actions())
         metrics["reward_model/scale"] = float(self.reward_model.reward_scale)
+        metrics["reward_model/shift"] = float(self.reward_model.reward_shift)
         metrics["time/upper_s"] = time.perf_counter() - t0
         return metrics
 

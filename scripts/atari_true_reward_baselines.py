@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40_000)
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--eval-epsilon", type=float, default=0.05, help="DQN evaluation: epsilon-greedy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -87,8 +88,16 @@ def main() -> None:
             device="cpu",
         )
 
+    def dqn_predict(obs: np.ndarray) -> np.ndarray:
+        # epsilon-greedy with epsilon = 0.05, the evaluation policy of Mnih et al. 2015 (a purely greedy untrained
+        # Q-network can idle at Seaquest's surface until the 27k-step cap)
+        assert model is not None
+        greedy = model.predict(obs, deterministic=True)[0]
+        explore = rng.random(len(obs)) < args.eval_epsilon
+        return np.where(explore, rng.integers(n_actions, size=len(obs)), greedy)
+
     def evaluate(step: int) -> None:
-        predict = random_predict if model is None else (lambda o: model.predict(o, deterministic=True)[0])
+        predict = random_predict if model is None else dqn_predict
         m = evaluate_atari(predict, eval_env, args.eval_episodes, args.seed + 10_000, atari.eval_max_steps)
         row = {"step": step, **m, "time/total_s": time.perf_counter() - t0}
         rows.append(row)

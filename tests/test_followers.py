@@ -148,3 +148,22 @@ def test_spawn_builds_an_independent_follower():
     g.set_reward_model(rm)
     g.learn(50)
     assert g.num_timesteps == 50 and f.num_timesteps == 0
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_reward_normalisation_scales_and_optionally_centres(center):
+    """``update_normalization`` gives the follower unit-std rewards; only ``center`` also removes the mean."""
+    torch.manual_seed(0)
+    _, rm = _follower("sac")
+    rm.center = center
+    obs, act = np.random.default_rng(0).normal(size=(500, 3)), np.random.default_rng(1).uniform(-2, 2, size=(500, 1))
+    with torch.no_grad():
+        rm.net[-1].bias += 3.0  # a large offset
+    rm.update_normalization(obs.astype(np.float32), act.astype(np.float32))
+    r = rm.relabel(obs.astype(np.float32), act.astype(np.float32)).numpy()
+    assert r.std(ddof=1) == pytest.approx(1.0, rel=1e-4)  # (torch.std is the unbiased estimate)
+    if center:
+        assert abs(r.mean()) < 1e-4
+    else:
+        raw = rm.rewards(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(act, dtype=torch.float32))
+        assert r.mean() == pytest.approx(float(raw.mean()) * float(rm.reward_scale), rel=1e-4) and r.mean() > 1

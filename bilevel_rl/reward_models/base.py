@@ -18,11 +18,14 @@ class RewardModel(nn.Module, ABC):
     """
 
     reward_scale: torch.Tensor
+    reward_shift: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("reward_scale", torch.ones(()))
+        self.register_buffer("reward_shift", torch.zeros(()))
         self.normalize = True
+        self.center = False
 
     @abstractmethod
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -81,7 +84,7 @@ class RewardModel(nn.Module, ABC):
             else:
                 r = self.rewards(o, a)
             if self.normalize:
-                r = r * self.reward_scale
+                r = (r - self.reward_shift) * self.reward_scale
             return r.float()
         finally:
             self.train(was_training)
@@ -93,8 +96,12 @@ class RewardModel(nn.Module, ABC):
     def update_normalization(self, obs: np.ndarray, actions: np.ndarray, batch_size: int = 4096) -> None:
         """Set the follower-facing scale to ``1 / std`` of the raw rewards on the given transitions.
 
-        Only the scale is normalised, never the mean: with masked (absorbing) segments the Bradley–Terry loss
-        identifies the reward's offset, and shifting it would change whether the follower wants episodes to end.
+        By default only the scale is normalised, never the mean: with masked (absorbing) segments the Bradley–Terry
+        loss identifies the reward's offset, and shifting it would change whether the follower wants episodes to
+        end. With ``center`` (the Atari CNN presets) the mean is removed too, as Christiano et al. 2017 normalised
+        r̂ for their Atari A2C agents ("zero mean and constant standard deviation"): a Bradley–Terry reward's
+        offset is arbitrary there (Atari segments never end inside a pair) and a large constant per-step reward
+        inflated A2C's value targets until its policy collapsed (Seaquest, 100k steps: entropy 1e-14).
         """
         was_training = self.training
         self.eval()
@@ -104,7 +111,8 @@ class RewardModel(nn.Module, ABC):
                 o = torch.as_tensor(obs[i : i + batch_size], device=self.device)
                 a = torch.as_tensor(actions[i : i + batch_size], device=self.device)
                 outs.append(self(o, a))
-            std = torch.cat(outs).std() if outs else torch.ones(())
-            self.reward_scale.fill_(float(1.0 / max(float(std), 1e-6)))
+            raw = torch.cat(outs) if outs else torch.zeros(2)
+            self.reward_scale.fill_(float(1.0 / max(float(raw.std()), 1e-6)))
+            self.reward_shift.fill_(float(raw.mean()) if self.center else 0.0)
         finally:
             self.train(was_training)
