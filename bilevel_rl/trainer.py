@@ -7,8 +7,9 @@ Iteration 0 (``initial``): the follower takes ``initial_steps`` steps (SAC: unif
 1. ``learn``   — ``follower.learn(N)`` on the current r_φ (N = 5e3 MuJoCo in SoBiRL);
 2. ``query``   — fragment the transitions of that phase into segments, pair, label, push (FIFO);
 3. ``upper``   — ``rule.update`` for ``epochs_per_iter`` epochs over the buffer;
-4. ``diagnose``— preference accuracy on the new pairs *before* the leader saw them (held out), Pearson
-   correlation of r_φ with the true reward on the phase's transitions;
+4. ``diagnose``— preference accuracy and the Pearson correlation of predicted with true segment returns on the new
+   pairs *before* the leader saw them (held out), Pearson correlation of r_φ with the true reward on the phase's
+   transitions;
 5. ``evaluate``, ``log``, ``checkpoint``.
 """
 
@@ -32,7 +33,7 @@ from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.logging import MetricLogger
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import UpperRule, preference_accuracy
+from bilevel_rl.upper.base import UpperRule, predicted_segment_returns, preference_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ class Trainer:
         metrics = {
             "reward_model/pref_accuracy": preference_accuracy(self.reward_model, pairs),
             "reward_model/tie_fraction": float(np.mean(labels == 0.5)),
+            # what the teacher compares: segment returns (sparse per-step rewards, e.g. Atari, make the per-step
+            # true_reward_corr a weak signal even for a reward that ranks segments well)
+            "reward_model/segment_return_corr": pearson(
+                predicted_segment_returns(self.reward_model, pairs).reshape(-1), returns.reshape(-1)
+            ),
         }
         self.buffer.add(pairs)
         metrics["buffer/pairs"] = float(len(self.buffer))

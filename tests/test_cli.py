@@ -36,6 +36,8 @@ def test_single_run_writes_a_complete_run_dir(tiny_run):
         "eval/true_return",
         "reward_model/pref_accuracy",
         "reward_model/true_reward_corr",
+        "reward_model/segment_return_corr",
+        "reward_model/shift",
         "upper/loss",
         "time/sps",
         "follower/temperature",

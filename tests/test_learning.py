@@ -72,6 +72,8 @@ def test_drlhf_learns_pendulum(tmp_path):
     first, last = df["eval/true_return"].iloc[0], df["eval/true_return"].iloc[-1]
     assert last > first + 500, (first, last)  # Pendulum: about -1300 at random, > -300 once it swings up
     assert df["reward_model/true_reward_corr"].iloc[-1] > 0.9
+    # predicted vs true segment returns on each iteration's new pairs, before the leader trained on them
+    assert df["reward_model/segment_return_corr"].iloc[-1] > 0.9
     # Held-out pairs: fresh rollouts of the random policy and of the final policy, pooled. (Pairs of two
     # final-policy segments alone are near-ties once the pendulum balances: median |dR| = 0.18, a coin flip for
     # any model; measured 2026-11-21.)

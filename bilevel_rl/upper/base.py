@@ -38,6 +38,27 @@ def bradley_terry_loss(returns: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
+def predicted_segment_returns(reward_model: RewardModel, pairs: PreferencePairs, batch_size: int = 256) -> np.ndarray:
+    """Predicted returns ``(N, 2)`` of each pair's segments, in eval mode (raw ``r_φ``, not the follower's scale)."""
+    was_training = reward_model.training
+    reward_model.eval()
+    out = []
+    try:
+        dev = reward_model.device
+        for start in range(0, len(pairs.labels), batch_size):
+            sl = slice(start, start + batch_size)
+            ret = reward_model.segment_returns(
+                torch.as_tensor(pairs.obs[sl], device=dev),
+                torch.as_tensor(pairs.actions[sl], device=dev),
+                torch.as_tensor(pairs.mask[sl], device=dev),
+            )
+            out.append(ret.float().cpu().numpy())
+    finally:
+        reward_model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+
+
+@torch.no_grad()
 def preference_accuracy(reward_model: RewardModel, pairs: PreferencePairs, batch_size: int = 256) -> float:
     """Fraction of non-tied pairs whose preferred segment gets the higher predicted return."""
     decided = pairs.labels != 0.5
