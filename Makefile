@@ -21,7 +21,7 @@ run: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/bilevel-rl exp=quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2  # 2 workers (pytest-xdist): the 2 cores of the CI machine
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
