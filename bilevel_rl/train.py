@@ -83,6 +83,7 @@ def build_reward_model(rm_cfg: DictConfig, spaces: dict[str, Any]) -> RewardMode
         )
         model.normalize = bool(rm_cfg.normalize)
         model.center = bool(rm_cfg.get("center", False))
+        model.target_std = float(rm_cfg.get("target_std", 1.0))
         return model
     return make_reward_model(
         rm_cfg.name,

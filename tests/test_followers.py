@@ -150,18 +150,18 @@ def test_spawn_builds_an_independent_follower():
     assert g.num_timesteps == 50 and f.num_timesteps == 0
 
 
-@pytest.mark.parametrize("center", [False, True])
-def test_reward_normalisation_scales_and_optionally_centres(center):
-    """``update_normalization`` gives the follower unit-std rewards; only ``center`` also removes the mean."""
+@pytest.mark.parametrize(("center", "target_std"), [(False, 1.0), (True, 1.0), (True, 0.1)])
+def test_reward_normalisation_scales_and_optionally_centres(center, target_std):
+    """``update_normalization`` gives the follower rewards of std ``target_std``; only ``center`` removes the mean."""
     torch.manual_seed(0)
     _, rm = _follower("sac")
-    rm.center = center
+    rm.center, rm.target_std = center, target_std
     obs, act = np.random.default_rng(0).normal(size=(500, 3)), np.random.default_rng(1).uniform(-2, 2, size=(500, 1))
     with torch.no_grad():
         rm.net[-1].bias += 3.0  # a large offset
     rm.update_normalization(obs.astype(np.float32), act.astype(np.float32))
     r = rm.relabel(obs.astype(np.float32), act.astype(np.float32)).numpy()
-    assert r.std(ddof=1) == pytest.approx(1.0, rel=1e-4)  # (torch.std is the unbiased estimate)
+    assert r.std(ddof=1) == pytest.approx(target_std, rel=1e-4)  # (torch.std is the unbiased estimate)
     if center:
         assert abs(r.mean()) < 1e-4
     else:

@@ -26,6 +26,7 @@ class RewardModel(nn.Module, ABC):
         self.register_buffer("reward_shift", torch.zeros(()))
         self.normalize = True
         self.center = False
+        self.target_std = 1.0
 
     @abstractmethod
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,7 @@ class RewardModel(nn.Module, ABC):
 
     @torch.no_grad()
     def update_normalization(self, obs: np.ndarray, actions: np.ndarray, batch_size: int = 4096) -> None:
-        """Set the follower-facing scale to ``1 / std`` of the raw rewards on the given transitions.
+        """Set the follower-facing scale to ``target_std / std`` of the raw rewards on the given transitions.
 
         By default only the scale is normalised, never the mean: with masked (absorbing) segments the Bradley–Terry
         loss identifies the reward's offset, and shifting it would change whether the follower wants episodes to
@@ -102,6 +103,9 @@ class RewardModel(nn.Module, ABC):
         r̂ for their Atari A2C agents ("zero mean and constant standard deviation"): a Bradley–Terry reward's
         offset is arbitrary there (Atari segments never end inside a pair) and a large constant per-step reward
         inflated A2C's value targets until its policy collapsed (Seaquest, 100k steps: entropy 1e-14).
+        ``target_std`` sets the follower's reward scale: A2C's Atari settings were tuned on clipped rewards (std
+        ≈ 0.09 for a random Seaquest policy); at std 1 a centred learned reward still collapsed A2C's policy
+        (Seaquest, 75k steps: entropy 2e-4, no reward), so ``exp=atari_a2c_cpu`` uses 0.1.
         """
         was_training = self.training
         self.eval()
@@ -112,7 +116,7 @@ class RewardModel(nn.Module, ABC):
                 a = torch.as_tensor(actions[i : i + batch_size], device=self.device)
                 outs.append(self(o, a))
             raw = torch.cat(outs) if outs else torch.zeros(2)
-            self.reward_scale.fill_(float(1.0 / max(float(raw.std()), 1e-6)))
+            self.reward_scale.fill_(float(self.target_std / max(float(raw.std()), 1e-6)))
             self.reward_shift.fill_(float(raw.mean()) if self.center else 0.0)
         finally:
             self.train(was_training)
