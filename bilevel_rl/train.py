@@ -118,6 +118,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         atari=_container(OmegaConf.select(cfg, "env.atari")),
         eval_deterministic=bool(f.get("eval_deterministic", True)),
         reward_clip=f.get("reward_clip"),
+        learning_starts=int(cfg.trainer.initial_steps) if f.get("freeze_initial", False) else 0,
     )
     reward_model = build_reward_model(cfg.reward_model, spaces).to(cfg.device)
     upper_params = {k: v for k, v in _container(cfg.upper).items() if k != "name"}

@@ -167,3 +167,15 @@ def test_reward_normalisation_scales_and_optionally_centres(center, target_std):
     else:
         raw = rm.rewards(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(act, dtype=torch.float32))
         assert r.mean() == pytest.approx(float(raw.mean()) * float(rm.reward_scale), rel=1e-4) and r.mean() > 1
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_on_policy_follower_keeps_its_initial_policy_until_learning_starts(algo):
+    """``follower.freeze_initial``: the warm-up transitions come from the initial policy (PBRL E.2)."""
+    torch.manual_seed(0)
+    f, _ = _follower(algo, learning_starts=128)
+    before = [p.detach().clone() for p in f.model.policy.parameters()]
+    f.learn(128)
+    assert f.num_timesteps >= 128 and all(torch.equal(a, b) for a, b in zip(before, f.model.policy.parameters()))
+    f.learn(256)
+    assert not all(torch.equal(a, b) for a, b in zip(before, f.model.policy.parameters()))

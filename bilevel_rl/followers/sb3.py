@@ -116,11 +116,30 @@ class BilevelDiscreteSAC(_GlobalProgressMixin, DiscreteSAC):
     """Discrete SAC (Christodoulou 2019; SoBiRL J.2 / code) with run-level learning-rate progress."""
 
 
-class BilevelPPO(_GlobalProgressMixin, PPO):
+class _FrozenStartMixin:
+    """On-policy followers: no gradient updates until ``learning_starts`` env steps (``follower.freeze_initial``).
+
+    The trainer's iteration 0 then records the *initial* policy for the warm-up pairs, as PBRL E.2 and Christiano
+    et al. 2017 do, instead of training it on the untrained reward model (with the E.2 CNN's per-action head that
+    reward prefers some actions outright, and A2C collapsed onto them within 25k Seaquest steps: entropy 1e-4).
+    """
+
+    learning_starts: int = 0
+    num_timesteps: int
+    n_steps: int
+    n_envs: int
+
+    def train(self) -> None:
+        if self.num_timesteps - self.n_steps * self.n_envs < self.learning_starts:  # the rollout began before it
+            return
+        super().train()  # type: ignore[misc]
+
+
+class BilevelPPO(_FrozenStartMixin, _GlobalProgressMixin, PPO):
     """PPO with run-level learning-rate progress."""
 
 
-class BilevelA2C(_GlobalProgressMixin, A2C):
+class BilevelA2C(_FrozenStartMixin, _GlobalProgressMixin, A2C):
     """A2C with run-level learning-rate progress."""
 
 
@@ -198,6 +217,8 @@ class SB3Follower(Follower):
         eval_deterministic: evaluate the greedy policy (``False``: sample from it, as the SoBiRL code reports
             training-episode scores; a greedy Atari policy can stall after losing a life).
         reward_clip: off-policy image followers: clamp relabelled rewards to ``[-c, c]`` (SoBiRL code: 1).
+        learning_starts: PPO/A2C only: no gradient updates during the first ``learning_starts`` env steps (the
+            trainer passes ``trainer.initial_steps`` when ``follower.freeze_initial``; SAC has its own key).
     """
 
     def __init__(
@@ -216,6 +237,7 @@ class SB3Follower(Follower):
         atari: dict[str, Any] | None = None,
         eval_deterministic: bool = True,
         reward_clip: float | None = None,
+        learning_starts: int = 0,
     ) -> None:
         self._init_kwargs: dict[str, Any] = {
             "algo": algo,
@@ -232,6 +254,7 @@ class SB3Follower(Follower):
             "atari": atari,
             "eval_deterministic": eval_deterministic,
             "reward_clip": reward_clip,
+            "learning_starts": learning_starts,
         }
         if algo not in _ALGOS:
             raise ValueError(f"follower.name: unknown follower {algo!r} (choose {', '.join(_ALGOS)})")
@@ -276,6 +299,8 @@ class SB3Follower(Follower):
             **kwargs,
         )
         self.model.lr_horizon = lr_horizon  # type: ignore[attr-defined]
+        if algo not in _OFF_POLICY:
+            self.model.learning_starts = learning_starts  # type: ignore[attr-defined]
         if algo == "sac" and actor_lr is not None:
             self.model.actor_lr_scale = actor_lr / lr  # type: ignore[attr-defined]
         self.model.set_logger(configure(None, []))
