@@ -175,7 +175,11 @@ def test_on_policy_follower_keeps_its_initial_policy_until_learning_starts(algo)
     torch.manual_seed(0)
     f, _ = _follower(algo, learning_starts=128)
     before = [p.detach().clone() for p in f.model.policy.parameters()]
+
+    def unchanged():
+        return all(torch.equal(a, b) for a, b in zip(before, f.model.policy.parameters(), strict=True))
+
     f.learn(128)
-    assert f.num_timesteps >= 128 and all(torch.equal(a, b) for a, b in zip(before, f.model.policy.parameters()))
+    assert f.num_timesteps >= 128 and unchanged()
     f.learn(256)
-    assert not all(torch.equal(a, b) for a, b in zip(before, f.model.policy.parameters()))
+    assert not unchanged()
