@@ -191,3 +191,7 @@ def _check_reward_model(cfg: DictConfig, obs_space: gym.Space) -> None:
         raise ConfigError(f"reward_model=cnn: env.id={cfg.env.id} has vector observations; use reward_model=mlp")
     if name not in ("mlp", "cnn"):
         raise ConfigError(f"reward_model.name: unknown reward model {name!r} (choose mlp or cnn)")
+    if name == "cnn" and cfg.reward_model.arch not in ("sobirl", "pbrl"):
+        raise ConfigError(f"reward_model.arch: unknown CNN {cfg.reward_model.arch!r} (choose sobirl or pbrl)")
+    if OmegaConf.select(cfg, "reward_model.target_std") is not None:
+        _positive(cfg, "reward_model.target_std")

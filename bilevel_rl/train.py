@@ -72,12 +72,9 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, cli_overrides: list[str]) -> 
 
 def build_reward_model(rm_cfg: DictConfig, spaces: dict[str, Any]) -> RewardModel:
     """The reward model of ``reward_model=<preset>``: ``mlp`` (vectors) or ``cnn`` (Atari, ``arch`` sobirl|pbrl)."""
-    if rm_cfg.name == "cnn":
-        arch = str(rm_cfg.arch)
-        if arch not in ("sobirl", "pbrl"):
-            raise ConfigError(f"reward_model.arch: unknown CNN {arch!r} (choose sobirl or pbrl)")
+    if rm_cfg.name == "cnn":  # (arch validated in config.validate)
         model: RewardModel = make_cnn_reward_model(
-            arch,  # type: ignore[arg-type]
+            str(rm_cfg.arch),  # type: ignore[arg-type]
             spaces["observation_space"],
             spaces["action_space"],
         )

@@ -113,6 +113,8 @@ NO_ATARI_KEYS = [a for a in ATARI_TINY if not a.startswith("env.atari.")]
         ([*ATARI_TINY, "reward_model=mlp"], "reward_model=mlp"),
         ([*ATARI_TINY, "+env.kwargs.frameskip=4"], "env.kwargs.frameskip"),
         ([*ATARI_TINY, "env.atari.teacher_reward=clip"], "env.atari.teacher_reward"),
+        ([*ATARI_TINY, "reward_model.arch=nature"], "reward_model.arch"),
+        ([*ATARI_TINY, "reward_model.target_std=0"], "reward_model.target_std"),
         ([*NO_ATARI_KEYS, "env=pendulum"], "follower=dsac"),
         ([*NO_ATARI_KEYS, "env=pendulum", "follower=sac"], "reward_model=cnn"),
     ],
