@@ -21,6 +21,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from torch import nn
 from typing_extensions import override
 
+from bilevel_rl.reward_models.cnn import is_atari_stack_space
+
 #: ``(filters, kernel, stride)`` of the PBRL actor-critic trunk (PBRL App. E.2 L1482–1484), no padding.
 PBRL_TRUNK_CONVS: tuple[tuple[int, int, int], ...] = ((16, 8, 4), (32, 5, 2), (32, 4, 1), (32, 4, 1))
 #: Width of the trunk's fully connected layer (PBRL App. E.2): the extractor's ``features_dim``.
@@ -55,16 +57,11 @@ class PBRLAtariCNN(BaseFeaturesExtractor):
         self, observation_space: gym.Space, features_dim: int = PBRL_TRUNK_FEATURES, normalized_image: bool = False
     ) -> None:
         shape = getattr(observation_space, "shape", None)
-        if (
-            not isinstance(observation_space, gym.spaces.Box)
-            or shape is None
-            or len(shape) != 3
-            or shape[1:] != (_IMAGE_SIZE, _IMAGE_SIZE)
-        ):
+        if not is_atari_stack_space(observation_space):
             raise ValueError(f"follower: the PBRL Atari CNN needs a channels-first Box (C, 84, 84), got {shape}")
         super().__init__(observation_space, features_dim)
         layers: list[nn.Module] = []
-        last = int(shape[0])
+        last = int(observation_space.shape[0])  # type: ignore[index]  # a (C, 84, 84) Box, checked above
         size = _IMAGE_SIZE
         for filters, kernel, stride in PBRL_TRUNK_CONVS:
             layers += [nn.Conv2d(last, filters, kernel_size=kernel, stride=stride), nn.ReLU()]

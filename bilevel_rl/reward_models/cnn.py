@@ -42,6 +42,17 @@ SOBIRL_LEAKY_SLOPE = 0.01
 _IMAGE_SIZE = 84
 
 
+def is_atari_stack_space(space: gym.spaces.Space) -> bool:
+    """Whether ``space`` is a channels-first ``(C, 84, 84)`` Box: what the papers' Atari CNNs take."""
+    shape = getattr(space, "shape", None)
+    return (
+        isinstance(space, gym.spaces.Box)
+        and shape is not None
+        and len(shape) == 3
+        and shape[1:] == (_IMAGE_SIZE, _IMAGE_SIZE)
+    )
+
+
 def _conv_out(size: int) -> int:
     for kernel, stride in REWARD_CONV_GEOMETRY:
         size = (size - kernel) // stride + 1
@@ -80,19 +91,14 @@ class AtariCNNRewardModel(RewardModel):
         if arch not in get_args(CNNArch):
             raise ValueError(f"reward_model.arch: unknown Atari CNN {arch!r} (choose sobirl or pbrl)")
         shape = getattr(observation_space, "shape", None)
-        if (
-            not isinstance(observation_space, gym.spaces.Box)
-            or shape is None
-            or len(shape) != 3
-            or shape[1:] != (_IMAGE_SIZE, _IMAGE_SIZE)
-        ):
+        if not is_atari_stack_space(observation_space):
             raise ValueError(
                 f"reward_model: the Atari CNN needs a channels-first Box observation space (C, 84, 84), got {shape}"
             )
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"reward_model: the Atari CNN needs a Discrete action space, got {action_space}")
         self.arch: CNNArch = arch
-        self.in_channels = int(shape[0])
+        self.in_channels = int(observation_space.shape[0])  # type: ignore[index]  # a (C, 84, 84) Box, checked above
         self.n_actions = int(action_space.n)
         layers: list[nn.Module] = []
         last = self.in_channels
