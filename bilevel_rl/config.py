@@ -193,5 +193,8 @@ def _check_reward_model(cfg: DictConfig, obs_space: gym.Space) -> None:
         raise ConfigError(f"reward_model.name: unknown reward model {name!r} (choose mlp or cnn)")
     if name == "cnn" and cfg.reward_model.arch not in ("sobirl", "pbrl"):
         raise ConfigError(f"reward_model.arch: unknown CNN {cfg.reward_model.arch!r} (choose sobirl or pbrl)")
+    per_action = OmegaConf.select(cfg, "reward_model.per_action")
+    if name == "cnn" and per_action is not None and not isinstance(per_action, bool):
+        raise ConfigError(f"reward_model.per_action: must be true or false, got {per_action!r}")
     if OmegaConf.select(cfg, "reward_model.target_std") is not None:
         _positive(cfg, "reward_model.target_std")

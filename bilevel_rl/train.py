@@ -77,6 +77,7 @@ def build_reward_model(rm_cfg: DictConfig, spaces: dict[str, Any]) -> RewardMode
             str(rm_cfg.arch),  # type: ignore[arg-type]
             spaces["observation_space"],
             spaces["action_space"],
+            bool(rm_cfg.get("per_action", True)),
         )
         model.normalize = bool(rm_cfg.normalize)
         model.center = bool(rm_cfg.get("center", False))

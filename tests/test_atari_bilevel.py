@@ -78,6 +78,17 @@ def test_rules_run_end_to_end_on_atari_with_discrete_sac(rule, tmp_path):
     _check_atari_run(_run_rule(rule, tmp_path, ATARI_TINY), rule)
 
 
+def test_state_only_reward_cnn_runs_end_to_end(tmp_path):
+    """``reward_model.per_action=false`` (Christiano et al. 2017's state-only predictor) reaches the run's model."""
+    import torch
+
+    run_dir = _run_rule("drlhf", tmp_path, ATARI_TINY, ["reward_model=cnn_pbrl", "reward_model.per_action=false"])
+    _check_atari_run(run_dir, "drlhf")
+    (ckpt,) = sorted((run_dir / "checkpoints").glob("*/tensors.pt"))[-1:]
+    head = torch.load(ckpt, weights_only=True)["reward_model"]["head.3.weight"]
+    assert head.shape == (1, 64)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["true_reward", "stoc_sobirl", "pbrl", "hpgd", "ppa", "hessian_free"])
 def test_every_other_rule_runs_end_to_end_on_atari_with_discrete_sac(rule, tmp_path):
@@ -115,6 +126,7 @@ NO_ATARI_KEYS = [a for a in ATARI_TINY if not a.startswith("env.atari.")]
         ([*ATARI_TINY, "env.atari.teacher_reward=clip"], "env.atari.teacher_reward"),
         ([*ATARI_TINY, "reward_model.arch=nature"], "reward_model.arch"),
         ([*ATARI_TINY, "reward_model.target_std=0"], "reward_model.target_std"),
+        ([*ATARI_TINY, "reward_model.per_action=sometimes"], "reward_model.per_action"),
         ([*NO_ATARI_KEYS, "env=pendulum"], "follower=dsac"),
         ([*NO_ATARI_KEYS, "env=pendulum", "follower=sac"], "reward_model=cnn"),
     ],

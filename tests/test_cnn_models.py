@@ -160,6 +160,25 @@ def test_action_rewards_match_forward_for_every_action(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
+def test_state_only_head_gives_every_action_the_same_reward(arch: str) -> None:
+    """``per_action=False``: one output, broadcast over actions; only the last layer shrinks (64 * (|A| - 1) + |A| - 1)."""
+    torch.manual_seed(0)
+    state = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(N_ACT), per_action=False)  # type: ignore[arg-type]
+    full = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(N_ACT))  # type: ignore[arg-type]
+    assert _n_params(full) - _n_params(state) == 65 * (N_ACT - 1)
+    state.eval()
+    x = _frames(5, seed=4)
+    with torch.no_grad():
+        table = state.action_rewards(x)
+        assert table.shape == (5, N_ACT)
+        assert table.std(dim=1).max() == 0.0
+        assert table[:, 0].std() > 0  # but it does depend on the state
+        torch.testing.assert_close(state(x, torch.tensor([0, 1, 2, 3, 4])), table[:, 0])
+    per_action = full.action_rewards(x).detach()
+    assert per_action.std(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
 def test_relabel_is_deterministic_while_train_mode_is_not(arch: str) -> None:
     torch.manual_seed(0)
     model = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(N_ACT))  # type: ignore[arg-type]

@@ -12,6 +12,10 @@ Two architectures, selected by ``arch``:
 
 Both papers use an action-indexed (per-action) head: the network sees the state only and outputs one reward per
 action, so ``E_{a~π} r(s, a) = Σ_a π(a|s) head(s)[a]`` costs one forward pass (:meth:`action_rewards`).
+``per_action=False`` gives a state-only reward ``r_φ(s)`` instead (one output, the same for every action), the
+Atari predictor of Christiano et al. 2017 (§3.3, "the reward predictor ... takes as input a stack of frames").
+With few labels a per-action head can learn action preferences that hold in no state, and a follower then
+collapses onto the favoured action; a state-only reward can only be earned by reaching states.
 """
 
 from __future__ import annotations
@@ -80,13 +84,20 @@ class AtariCNNRewardModel(RewardModel):
         arch: ``"sobirl"`` or ``"pbrl"`` (see the module docstring for the layers).
         observation_space: ``Box`` of shape ``(C, 84, 84)`` (channels first).
         action_space: ``Discrete``; the head has ``action_space.n`` outputs.
+        per_action: ``True`` (both papers) for one output per action, ``False`` for a state-only ``r_φ(s)``.
 
     Raises:
         ValueError: on an unknown ``arch``, a non-``(C, 84, 84)`` Box observation space or a non-Discrete action
             space.
     """
 
-    def __init__(self, arch: CNNArch, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> None:
+    def __init__(
+        self,
+        arch: CNNArch,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        per_action: bool = True,
+    ) -> None:
         super().__init__()
         if arch not in get_args(CNNArch):
             raise ValueError(f"reward_model.arch: unknown Atari CNN {arch!r} (choose sobirl or pbrl)")
@@ -100,6 +111,8 @@ class AtariCNNRewardModel(RewardModel):
         self.arch: CNNArch = arch
         self.in_channels = int(observation_space.shape[0])  # type: ignore[index]  # a (C, 84, 84) Box, checked above
         self.n_actions = int(action_space.n)
+        self.per_action = bool(per_action)
+        n_out = self.n_actions if self.per_action else 1
         layers: list[nn.Module] = []
         last = self.in_channels
         for kernel, stride in REWARD_CONV_GEOMETRY:
@@ -120,14 +133,14 @@ class AtariCNNRewardModel(RewardModel):
             head = [
                 nn.Linear(self.n_flatten, REWARD_FC_HIDDEN),
                 nn.LeakyReLU(SOBIRL_LEAKY_SLOPE),
-                nn.Linear(REWARD_FC_HIDDEN, self.n_actions),
+                nn.Linear(REWARD_FC_HIDDEN, n_out),
             ]
         else:
             head = [
                 nn.Linear(self.n_flatten, REWARD_FC_HIDDEN),
                 nn.ReLU(),
                 nn.Dropout(REWARD_DROPOUT),
-                nn.Linear(REWARD_FC_HIDDEN, self.n_actions),
+                nn.Linear(REWARD_FC_HIDDEN, n_out),
             ]
         self.head = nn.Sequential(*head)
 
@@ -144,7 +157,8 @@ class AtariCNNRewardModel(RewardModel):
         ``/255`` of the whole pipeline happens here.
         """
         x = obs.float() / 255.0
-        return self.head(self.conv(x))
+        out = self.head(self.conv(x))
+        return out if self.per_action else out.expand(-1, self.n_actions)
 
     @override
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -152,7 +166,7 @@ class AtariCNNRewardModel(RewardModel):
 
 
 def make_cnn_reward_model(
-    arch: CNNArch, observation_space: gym.spaces.Space, action_space: gym.spaces.Space
+    arch: CNNArch, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, per_action: bool = True
 ) -> AtariCNNRewardModel:
-    """Build one of the papers' Atari reward CNNs (``"sobirl"`` or ``"pbrl"``)."""
-    return AtariCNNRewardModel(arch, observation_space, action_space)
+    """Build one of the papers' Atari reward CNNs (``"sobirl"`` or ``"pbrl"``), per-action or state-only."""
+    return AtariCNNRewardModel(arch, observation_space, action_space, per_action)
