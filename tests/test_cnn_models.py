@@ -161,7 +161,7 @@ def test_action_rewards_match_forward_for_every_action(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["sobirl", "pbrl"])
 def test_state_only_head_gives_every_action_the_same_reward(arch: str) -> None:
-    """``per_action=False``: one output, broadcast over actions; only the last layer shrinks (64 * (|A| - 1) + |A| - 1)."""
+    """``per_action=False``: one output broadcast over actions; only the last layer shrinks, by 65 * (|A| - 1)."""
     torch.manual_seed(0)
     state = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(N_ACT), per_action=False)  # type: ignore[arg-type]
     full = AtariCNNRewardModel(arch, OBS, gym.spaces.Discrete(N_ACT))  # type: ignore[arg-type]
