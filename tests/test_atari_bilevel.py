@@ -2,6 +2,10 @@
 and configs that cannot work on Atari are refused in one line."""
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,6 +91,18 @@ def test_state_only_reward_cnn_runs_end_to_end(tmp_path):
     (ckpt,) = sorted((run_dir / "checkpoints").glob("*/tensors.pt"))[-1:]
     head = torch.load(ckpt, weights_only=True)["reward_model"]["head.3.weight"]
     assert head.shape == (1, 64)
+    # the final-evaluation script reads the run without writing to it
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    script = Path(__file__).parents[1] / "scripts" / "evaluate_atari_run.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(run_dir), "--episodes", "2", "--max-steps", "150", "--segment", "25"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "2 games from seed 20000" in out and "follower at 300 env steps" in out, out
+    assert re.search(r"Pearson per 25-step segment: (-?[\d.]+|nan) over 12 segments", out), out
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 
 @pytest.mark.slow
