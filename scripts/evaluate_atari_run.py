@@ -5,8 +5,12 @@ follower (sampling from π as the trainer's evaluation does, seeds ``--seed + i`
 games' transitions reports the Pearson correlation of the learned reward with the true reward:
 
 * per step: ``r_φ(s_t, a_t)`` against the game reward ``r_t`` (the trainer's ``reward_model/true_reward_corr``);
+* per step, next state: ``r_φ(s_{t+1}, a_{t+1})`` against ``r_t`` within each game. A state-only reward
+  (``reward_model.per_action=false``) sees the result of ``a_t`` only in ``s_{t+1}``, one step late;
 * per segment: sums over consecutive non-overlapping ``--segment``-step windows of each game (what the teacher
-  compares; insensitive to the one-step lag of a state-only reward, whose ``s_t`` shows the result of ``a_{t-1}``).
+  compares; insensitive to that lag).
+
+For a run of ``upper=true_reward`` the reward model is never trained, and only the score is reported.
 
 With ``--random`` the same is done for a uniformly random policy (the reference the follower must beat), using the
 run's reward model for the correlations.
@@ -95,8 +99,12 @@ def main() -> None:
         f"  game score: mean {scores_a.mean():.1f} ± {scores_a.std():.1f} (std), "
         f"standard error {scores_a.std(ddof=1) / np.sqrt(len(scores_a)):.1f}, median {np.median(scores_a):.0f}"
     )
+    if cfg.upper.name == "true_reward":
+        return
     ps, ts = np.concatenate(pred_steps), np.concatenate(true_steps)
     print(f"  Pearson(r_phi, r) per step: {pearson(ps, ts):.3f} over {len(ts)} steps")
+    nxt, now = np.concatenate([p[1:] for p in pred_steps]), np.concatenate([t[:-1] for t in true_steps])
+    print(f"  Pearson(r_phi(s_t+1), r_t) per step, next state: {pearson(nxt, now):.3f}")
     pg, tg = np.concatenate(pred_segs), np.concatenate(true_segs)
     print(
         f"  Pearson per {args.segment}-step segment: {pearson(pg, tg):.3f} over {len(tg)} segments "

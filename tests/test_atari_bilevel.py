@@ -83,10 +83,13 @@ def test_rules_run_end_to_end_on_atari_with_discrete_sac(rule, tmp_path):
 
 
 def test_state_only_reward_cnn_runs_end_to_end(tmp_path):
-    """``reward_model.per_action=false`` (Christiano et al. 2017's state-only predictor) reaches the run's model."""
+    """``exp=atari_rlhf_demo`` (state-only reward, Christiano et al. 2017) runs, and its model is state-only."""
     import torch
 
-    run_dir = _run_rule("drlhf", tmp_path, ATARI_TINY, ["reward_model=cnn_pbrl", "reward_model.per_action=false"])
+    demo = ["exp=atari_rlhf_demo", *ATARI_TINY[1:], "torch_threads=1"]
+    run_dir = _run_rule("drlhf", tmp_path, demo)
+    cfg = (run_dir / "run_config.yaml").read_text()
+    assert "per_action: false" in cfg and "target_std: 0.1" in cfg and "ent_coef: auto_0.1" in cfg
     _check_atari_run(run_dir, "drlhf")
     (ckpt,) = sorted((run_dir / "checkpoints").glob("*/tensors.pt"))[-1:]
     head = torch.load(ckpt, weights_only=True)["reward_model"]["head.3.weight"]
