@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bilevel_rl.checkpoint import LATEST, latest_checkpoint
-from bilevel_rl.envs.atari import make_atari_eval_env
+from bilevel_rl.envs.atari import evaluate_atari, make_atari_eval_env
 from bilevel_rl.train import RUN_CONFIG, build_trainer
 from bilevel_rl.trainer import pearson
 
@@ -59,36 +59,37 @@ def main() -> None:
         venv = make_atari_eval_env(cfg.env.id, OmegaConf.to_container(cfg.env.kwargs), follower.atari, args.seed)
         rng = np.random.default_rng(args.seed)
         n_actions = int(venv.action_space.n)
-        scores, pred_steps, true_steps, pred_segs, true_segs = [], [], [], [], []
+        games: list[tuple[list[np.ndarray], list[int], list[float]]] = []
+
+        def predict(obs: np.ndarray) -> np.ndarray:
+            return rng.integers(n_actions, size=1) if args.random else follower._predict(obs)
+
+        def record(episode: int, obs: np.ndarray, action: int, reward: float) -> None:
+            if episode == len(games):
+                if games:
+                    print(f"game {episode - 1}: score {sum(games[-1][2]):.0f}, {len(games[-1][2])} steps", flush=True)
+                games.append(([], [], []))
+            games[episode][0].append(obs)
+            games[episode][1].append(action)
+            games[episode][2].append(reward)
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            for ep in range(args.episodes):
-                venv.seed(args.seed + ep)
-                obs = venv.reset()
-                obs_l, act_l, rew_l = [], [], []
-                done = False
-                while not done and len(rew_l) < args.max_steps:
-                    if args.random:
-                        action = rng.integers(n_actions, size=1)
-                    else:
-                        action = np.asarray(follower._predict(np.asarray(obs))).reshape(1)
-                    obs_l.append(np.asarray(obs)[0])
-                    act_l.append(int(action[0]))
-                    obs, rewards, dones, _ = venv.step(action)
-                    rew_l.append(float(rewards[0]))
-                    done = bool(dones[0])
-                chunks = range(0, len(obs_l), 512)
-                obs_t = [torch.as_tensor(np.stack(obs_l[i : i + 512])) for i in chunks]
-                act_t = [torch.as_tensor(act_l[i : i + 512]) for i in chunks]
-                pred = np.concatenate([model.relabel(o, a).cpu().numpy() for o, a in zip(obs_t, act_t, strict=True)])
-                true = np.asarray(rew_l)
-                scores.append(true.sum())
-                pred_steps.append(pred)
-                true_steps.append(true)
-                n_seg = len(true) // args.segment
-                pred_segs.append(pred[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
-                true_segs.append(true[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
-                print(f"game {ep}: score {true.sum():.0f}, {len(true)} steps", flush=True)
+            evaluate_atari(predict, venv, args.episodes, args.seed, args.max_steps, on_step=record)
+        print(f"game {len(games) - 1}: score {sum(games[-1][2]):.0f}, {len(games[-1][2])} steps", flush=True)
+        scores, pred_steps, true_steps, pred_segs, true_segs = [], [], [], [], []
+        for obs_l, act_l, rew_l in games:
+            chunks = range(0, len(obs_l), 512)
+            obs_t = [torch.as_tensor(np.stack(obs_l[i : i + 512])) for i in chunks]
+            act_t = [torch.as_tensor(act_l[i : i + 512]) for i in chunks]
+            pred = np.concatenate([model.relabel(o, a).cpu().numpy() for o, a in zip(obs_t, act_t, strict=True)])
+            true = np.asarray(rew_l)
+            scores.append(true.sum())
+            pred_steps.append(pred)
+            true_steps.append(true)
+            n_seg = len(true) // args.segment
+            pred_segs.append(pred[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
+            true_segs.append(true[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
         venv.close()
         follower.close()
         trainer.logger.close()

@@ -222,12 +222,14 @@ def evaluate_atari(
     episodes: int,
     seed: int,
     max_steps: int = 27_000,
+    on_step: Callable[[int, np.ndarray, int, float], None] | None = None,
 ) -> dict[str, float]:
     """Mean full-game score of a deterministic policy on an env from :func:`make_atari_eval_env`.
 
     Episode ``i`` is reset with seed ``seed + i`` (reproducible no-op starts) and cut after ``max_steps`` agent
     steps. The score is the sum of the eval env's (unclipped) rewards, equal to the Monitor's episode return
-    for a game that ends within the cap.
+    for a game that ends within the cap. ``on_step(episode, obs, action, reward)``, when given, sees every step
+    (the stacked observation the action was chosen on, without the env axis).
 
     Returns:
         ``eval/true_return`` (mean), ``eval/true_return_std`` and ``eval/episode_length`` (mean agent steps).
@@ -242,7 +244,10 @@ def evaluate_atari(
         total, steps, done = 0.0, 0, False
         while not done and steps < max_steps:
             actions = np.asarray(model_predict(np.asarray(obs))).reshape(1)
+            last_obs = obs
             obs, rewards, dones, _ = venv.step(actions)
+            if on_step is not None:
+                on_step(ep, np.asarray(last_obs)[0], int(actions[0]), float(rewards[0]))
             total += float(rewards[0])
             steps += 1
             done = bool(dones[0])
