@@ -79,10 +79,7 @@ def main() -> None:
         print(f"game {len(games) - 1}: score {sum(games[-1][2]):.0f}, {len(games[-1][2])} steps", flush=True)
         scores, pred_steps, true_steps, pred_segs, true_segs = [], [], [], [], []
         for obs_l, act_l, rew_l in games:
-            chunks = range(0, len(obs_l), 512)
-            obs_t = [torch.as_tensor(np.stack(obs_l[i : i + 512])) for i in chunks]
-            act_t = [torch.as_tensor(act_l[i : i + 512]) for i in chunks]
-            pred = np.concatenate([model.relabel(o, a).cpu().numpy() for o, a in zip(obs_t, act_t, strict=True)])
+            pred = model.relabel(np.stack(obs_l), np.asarray(act_l)).cpu().numpy()  # (relabel chunks big batches)
             true = np.asarray(rew_l)
             scores.append(true.sum())
             pred_steps.append(pred)
