@@ -53,6 +53,8 @@ def test_single_run_writes_a_complete_run_dir(tiny_run):
     ckpts = sorted(p.name for p in (tiny_run / "checkpoints").glob("step_*"))
     assert ckpts == ["step_0000000800", "step_0000001000"]  # rotated: keep 2
     assert (tiny_run / "checkpoints" / "latest").read_text() == "step_0000001000"
+    # the replay buffer (1M capacity) is saved by its 1000 filled rows, not its capacity (was 45 MB)
+    assert (tiny_run / "checkpoints" / "step_0000001000" / "state.pkl").stat().st_size < 2_000_000
 
 
 def test_same_seed_same_metrics_other_seed_differs(tiny_run, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import gymnasium as gym
@@ -234,6 +235,27 @@ def test_state_dict_round_trip_gives_identical_samples() -> None:
     small = FrameStackReplayBuffer(40, venv.observation_space, venv.action_space, device="cpu", n_envs=2)
     with pytest.raises(ValueError, match="buffer_size"):
         small.load_state_dict(state)
+
+
+def test_checkpoint_of_a_large_buffer_holds_its_contents_not_its_capacity() -> None:
+    venv = make_venv(2)
+    args = (1_000_000, venv.observation_space, venv.action_space)
+    buf = FrameStackReplayBuffer(*args, device="cpu", n_envs=2)
+    obs = drive(venv, [buf], 30)
+    blob = pickle.dumps(buf.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(blob) < 2_000_000  # 30 rows x 2 envs of 84x84 frames (+ side stores); uncut it is ~7 GB
+    other = FrameStackReplayBuffer(*args, device="cpu", n_envs=2)
+    other.load_state_dict(pickle.loads(blob))
+    np.random.seed(5)
+    a = buf.sample(32)
+    np.random.seed(5)
+    b = other.sample(32)
+    assert torch.equal(a.observations, b.observations) and torch.equal(a.next_observations, b.next_observations)
+    drive(venv, [buf, other], 10, seed=3, obs=obs)
+    assert buf.pos == other.pos == 40
+    np.testing.assert_array_equal(buf.valid_mask(), other.valid_mask())
+    rows, envs = np.nonzero(buf.valid_mask())
+    assert torch.equal(buf.get_transitions(rows, envs).observations, other.get_transitions(rows, envs).observations)
 
 
 def test_refuses_non_image_spaces() -> None:

@@ -42,6 +42,8 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 from typing_extensions import override
 
+from bilevel_rl.followers.buffer_io import filled_rows, restore_rows
+
 _MAX_REDRAWS = 64
 
 
@@ -321,21 +323,19 @@ class FrameStackReplayBuffer(BaseBuffer):
 
     # ------------------------------------------------------------------ checkpointing
 
-    _ARRAYS = (
-        "frames",
-        "actions",
-        "true_rewards",
-        "dones",
-        "timeouts",
-        "back",
-        "has_side",
-        "_last_next_obs",
-        "_has_last",
-    )
+    _ROW_ARRAYS = ("frames", "actions", "true_rewards", "dones", "timeouts", "back", "has_side")
+    _ENV_ARRAYS = ("_last_next_obs", "_has_last")
+    _ARRAYS = _ROW_ARRAYS + _ENV_ARRAYS
 
     def state_dict(self) -> dict[str, Any]:
-        """Arrays (by reference, not copied: 7 GB at 1M), side stores, positions. ``reward_model`` excluded."""
-        state: dict[str, Any] = {name: getattr(self, name) for name in self._ARRAYS}
+        """Filled rows of the arrays (views, not copies), side stores, positions. ``reward_model`` excluded.
+
+        Only the rows written so far are kept (:mod:`~bilevel_rl.followers.buffer_io`): a buffer that is not full
+        checkpoints its contents, not its capacity.
+        """
+        n_rows = filled_rows(self.pos, self.full, self.buffer_size)
+        state: dict[str, Any] = {name: getattr(self, name)[:n_rows] for name in self._ROW_ARRAYS}
+        state.update({name: getattr(self, name) for name in self._ENV_ARRAYS})
         state.update(
             pos=self.pos,
             full=self.full,
@@ -352,13 +352,14 @@ class FrameStackReplayBuffer(BaseBuffer):
         for name in ("buffer_size", "n_envs", "frame_stack"):
             if state[name] != getattr(self, name):
                 raise ValueError(f"checkpoint buffer has {name}={state[name]}, this buffer {getattr(self, name)}")
-        for name in self._ARRAYS:
-            current = getattr(self, name)
-            value = np.asarray(state[name])
+        for name in self._ROW_ARRAYS:
+            restore_rows(getattr(self, name), state[name], name)
+        for name in self._ENV_ARRAYS:
+            current, value = getattr(self, name), np.asarray(state[name])
             if value.shape != current.shape or value.dtype != current.dtype:
                 raise ValueError(
                     f"checkpoint array {name} is {value.dtype}{value.shape}, expected {current.dtype}{current.shape}"
                 )
-            current[...] = value  # in place: no aliasing with the state (or with another buffer's arrays)
+            current[...] = value
         self.pos, self.full = int(state["pos"]), bool(state["full"])
         self.side, self.heads = dict(state["side"]), dict(state["heads"])

@@ -41,6 +41,7 @@ from bilevel_rl.envs.make import LearnedRewardVecEnv, make_eval_env, make_train_
 from bilevel_rl.envs.state import get_env_state, set_env_state
 from bilevel_rl.followers.atari_policies import resolve_policy_kwargs
 from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, TransitionRecorder
+from bilevel_rl.followers.buffer_io import buffer_state, load_buffer_state
 from bilevel_rl.followers.discrete_sac import DiscreteSAC
 from bilevel_rl.followers.frame_buffer import FrameStackReplayBuffer
 from bilevel_rl.followers.relabel import RelabelingReplayBuffer
@@ -558,7 +559,7 @@ class SB3Follower(Follower):
             # the reward cache is not trusted after a restore (_fingerprint is dropped): the first sample
             # recomputes it, exactly as the uninterrupted run does after the leader step before the checkpoint
             skip = {"reward_model", "action_low", "action_high", "device", "_fingerprint"}
-            state["replay_buffer"] = {k: v for k, v in buf.__dict__.items() if k not in skip}
+            state["replay_buffer"] = buffer_state(buf, skip)
         return state
 
     @override
@@ -590,7 +591,7 @@ class SB3Follower(Follower):
             m.replay_buffer.load_state_dict(state["replay_buffer"])  # type: ignore[attr-defined]
         elif self.algo in _OFF_POLICY:
             buf = m.replay_buffer  # type: ignore[attr-defined]
-            buf.__dict__.update(state["replay_buffer"])
+            load_buffer_state(buf, state["replay_buffer"])
             buf._fingerprint = None
 
     @override
