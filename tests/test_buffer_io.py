@@ -10,7 +10,7 @@ import pytest
 import torch
 from stable_baselines3.common.buffers import ReplayBuffer
 
-from bilevel_rl.followers.buffer_io import buffer_state, load_buffer_state
+from bilevel_rl.followers.buffer_io import buffer_state, load_buffer_state, restore_rows
 from bilevel_rl.followers.relabel import RelabelingReplayBuffer
 
 OBS = gym.spaces.Box(-1.0, 1.0, (11,), np.float32)
@@ -73,3 +73,15 @@ def test_a_different_capacity_is_refused() -> None:
     fill(buf, 10, seed=0)
     with pytest.raises(ValueError, match="same buffer_size"):
         load_buffer_state(ReplayBuffer(500, OBS, ACT, device="cpu"), buffer_state(buf, skip={"device"}))
+
+
+def test_restore_rows_zeros_the_rest_and_refuses_arrays_that_do_not_fit() -> None:
+    target = np.full((5, 2), 7, dtype=np.int16)
+    restore_rows(target, np.ones((2, 2), dtype=np.int16), "a")
+    np.testing.assert_array_equal(target, [[1, 1], [1, 1], [0, 0], [0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="checkpoint array a is int16"):
+        restore_rows(target, np.ones((6, 2), dtype=np.int16), "a")  # more rows than the buffer
+    with pytest.raises(ValueError, match="checkpoint array b"):
+        restore_rows(target, np.ones((2, 2), dtype=np.int16), "b", cut=False)  # a per-env array is never cut
+    with pytest.raises(ValueError, match="float32"):
+        restore_rows(target, np.ones((2, 2), dtype=np.float32), "c")

@@ -61,14 +61,22 @@ def load_buffer_state(buf: Any, state: dict[str, Any]) -> None:
             buf.__dict__[name] = value
 
 
-def restore_rows(target: np.ndarray, value: Any, name: str) -> None:
+def restore_rows(target: np.ndarray, value: Any, name: str, cut: bool = True) -> None:
     """Write a saved (possibly cut) array into ``target`` in place; rows past the saved prefix become zeros.
 
+    Args:
+        target: The buffer's array.
+        value: The saved array.
+        name: Its name, for the error message.
+        cut: Whether ``value`` may hold fewer rows than ``target`` (``False``: shapes must be equal).
+
     Raises:
-        ValueError: If dtype or trailing shape differ, or the saved array has more rows than ``target``.
+        ValueError: If dtype or trailing shape differ, or the saved array has more rows than ``target`` (or, with
+            ``cut=False``, a different number).
     """
     value = np.asarray(value)
-    if value.dtype != target.dtype or value.shape[1:] != target.shape[1:] or len(value) > len(target):
+    rows_ok = len(value) <= len(target) if cut else len(value) == len(target)
+    if value.dtype != target.dtype or value.shape[1:] != target.shape[1:] or not rows_ok:
         raise ValueError(
             f"checkpoint array {name} is {value.dtype}{value.shape}, expected {target.dtype}{target.shape}"
         )

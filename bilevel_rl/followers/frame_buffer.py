@@ -352,14 +352,7 @@ class FrameStackReplayBuffer(BaseBuffer):
         for name in ("buffer_size", "n_envs", "frame_stack"):
             if state[name] != getattr(self, name):
                 raise ValueError(f"checkpoint buffer has {name}={state[name]}, this buffer {getattr(self, name)}")
-        for name in self._ROW_ARRAYS:
-            restore_rows(getattr(self, name), state[name], name)
-        for name in self._ENV_ARRAYS:
-            current, value = getattr(self, name), np.asarray(state[name])
-            if value.shape != current.shape or value.dtype != current.dtype:
-                raise ValueError(
-                    f"checkpoint array {name} is {value.dtype}{value.shape}, expected {current.dtype}{current.shape}"
-                )
-            current[...] = value
+        for name in self._ARRAYS:
+            restore_rows(getattr(self, name), state[name], name, cut=name in self._ROW_ARRAYS)
         self.pos, self.full = int(state["pos"]), bool(state["full"])
         self.side, self.heads = dict(state["side"]), dict(state["heads"])
