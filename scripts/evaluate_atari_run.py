@@ -59,34 +59,31 @@ def main() -> None:
         venv = make_atari_eval_env(cfg.env.id, OmegaConf.to_container(cfg.env.kwargs), follower.atari, args.seed)
         rng = np.random.default_rng(args.seed)
         n_actions = int(venv.action_space.n)
-        games: list[tuple[list[np.ndarray], list[int], list[float]]] = []
 
         def predict(obs: np.ndarray) -> np.ndarray:
             return rng.integers(n_actions, size=1) if args.random else follower._predict(obs)
 
-        def record(episode: int, obs: np.ndarray, action: int, reward: float) -> None:
-            if episode == len(games):
-                if games:
-                    print(f"game {episode - 1}: score {sum(games[-1][2]):.0f}, {len(games[-1][2])} steps", flush=True)
-                games.append(([], [], []))
-            games[episode][0].append(obs)
-            games[episode][1].append(action)
-            games[episode][2].append(reward)
+        game: list[tuple[np.ndarray, int, float]] = []  # (obs, action, score) of the game being played
 
+        def record(_episode: int, obs: np.ndarray, action: int, reward: float) -> None:
+            game.append((obs, action, reward))
+
+        scores, pred_steps, true_steps, pred_segs, true_segs = [], [], [], [], []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            evaluate_atari(predict, venv, args.episodes, args.seed, args.max_steps, on_step=record)
-        print(f"game {len(games) - 1}: score {sum(games[-1][2]):.0f}, {len(games[-1][2])} steps", flush=True)
-        scores, pred_steps, true_steps, pred_segs, true_segs = [], [], [], [], []
-        for obs_l, act_l, rew_l in games:
-            pred = model.relabel(np.stack(obs_l), np.asarray(act_l)).cpu().numpy()  # (relabel chunks big batches)
-            true = np.asarray(rew_l)
-            scores.append(true.sum())
-            pred_steps.append(pred)
-            true_steps.append(true)
-            n_seg = len(true) // args.segment
-            pred_segs.append(pred[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
-            true_segs.append(true[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
+            for ep in range(args.episodes):  # one game per call: game ep is reset with seed args.seed + ep
+                game.clear()
+                evaluate_atari(predict, venv, 1, args.seed + ep, args.max_steps, on_step=record)
+                obs_l, act_l, rew_l = zip(*game, strict=True)
+                pred = model.relabel(np.stack(obs_l), np.asarray(act_l)).cpu().numpy()  # (relabel chunks big batches)
+                true = np.asarray(rew_l)
+                scores.append(true.sum())
+                pred_steps.append(pred)
+                true_steps.append(true)
+                n_seg = len(true) // args.segment
+                pred_segs.append(pred[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
+                true_segs.append(true[: n_seg * args.segment].reshape(n_seg, -1).sum(1))
+                print(f"game {ep}: score {true.sum():.0f}, {len(true)} steps", flush=True)
         venv.close()
         follower.close()
         trainer.logger.close()
