@@ -1,15 +1,13 @@
-"""The bilevel outer loop (DESIGN.md; SoBiRL Alg. 5), in named stages.
+"""The bilevel outer loop (SoBiRL Alg. 5 for RLHF; the same loop for every objective and rule), in named stages.
 
-Iteration 0 (``initial``): the follower takes ``initial_steps`` steps (SAC: uniformly random actions before
-``learning_starts``), ``initial_pairs`` pairs are labelled and the leader trains ``warmup_epochs`` epochs
-(SoBiRL J.2: 600 pairs, 500 epochs). Each later iteration k:
+Each outer iteration ``k`` (``k = 0`` is the warm-up: the follower takes ``initial_steps`` steps — SAC with uniform
+random actions before ``learning_starts`` — and the leader trains on the initial data):
 
-1. ``learn``   — ``follower.learn(N)`` on the current r_φ (N = 5e3 MuJoCo in SoBiRL);
-2. ``query``   — fragment the transitions of that phase into segments, pair, label, push (FIFO);
-3. ``upper``   — ``rule.update`` for ``epochs_per_iter`` epochs over the buffer;
-4. ``diagnose``— preference accuracy and the Pearson correlation of predicted with true segment returns on the new
-   pairs *before* the leader saw them (held out), Pearson correlation of r_φ with the true reward on the phase's
-   transitions;
+1. ``learn``    — ``follower.learn(N)`` on the current leader model (N = 5e3 MuJoCo in SoBiRL App. J.2);
+2. ``gather``   — the objective turns the phase's on-policy transitions into leader data (RLHF: segments, pairs,
+   teacher labels) and reports held-out metrics before the leader sees them;
+3. ``leader``   — ``rule.update(LeaderStep)`` for the objective's number of epochs;
+4. ``diagnose`` — the objective's quality metrics on the phase's transitions;
 5. ``evaluate``, ``log``, ``checkpoint``.
 """
 
@@ -25,36 +23,28 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bilevel_rl.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from bilevel_rl.data.preference_buffer import PreferenceBuffer
-from bilevel_rl.data.segments import PreferencePairs, make_pairs, stack_pairs
-from bilevel_rl.data.teachers import Teacher
+from bilevel_rl.checkpoint import capture_rng, read_checkpoint, restore_rng, write_checkpoint
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.logging import MetricLogger
+from bilevel_rl.objectives.base import Objective
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import UpperRule, predicted_segment_returns, preference_accuracy
+from bilevel_rl.schema import check_dataclass
+from bilevel_rl.upper.base import LeaderStep, UpperRule
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainerConfig:
-    """Outer-loop budget and schedule.
+    """Outer-loop budget and schedule (config group ``trainer``).
 
     Attributes:
         total_steps: environment steps in all (all envs together).
         steps_per_iter: follower steps N between leader updates.
         initial_steps: follower steps before the first (warm-up) leader update.
-        segment_length: H, steps per segment (25 in all papers).
-        initial_pairs: pairs labelled at iteration 0 (SoBiRL: 600).
-        pairs_per_iter: new pairs per later iteration (SoBiRL: 6).
-        warmup_epochs: leader epochs on the initial pairs (SoBiRL: 500).
-        epochs_per_iter: leader epochs per later iteration (SoBiRL code: 1).
         eval_every: evaluate every this many iterations (and at the first and last).
-        eval_episodes: deterministic evaluation episodes on the true reward.
-        checkpoint_every: checkpoint every this many iterations (and at the last).
-        checkpoint_keep: how many checkpoints to keep.
+        eval_episodes: evaluation episodes on the environment's own reward.
         video_every: log a policy video every this many iterations (0: never).
         video_length: at most this many frames per video.
     """
@@ -62,37 +52,72 @@ class TrainerConfig:
     total_steps: int = 100_000
     steps_per_iter: int = 5_000
     initial_steps: int = 5_000
-    segment_length: int = 25
-    initial_pairs: int = 600
-    pairs_per_iter: int = 6
-    warmup_epochs: int = 500
-    epochs_per_iter: int = 1
     eval_every: int = 1
     eval_episodes: int = 5
-    checkpoint_every: int = 1
-    checkpoint_keep: int = 2
     video_every: int = 0
     video_length: int = 300
 
+    def __post_init__(self) -> None:
+        check_dataclass(self, "trainer")
+        for key in ("total_steps", "steps_per_iter", "eval_episodes", "video_length"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"trainer.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("initial_steps", "eval_every", "video_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"trainer.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.initial_steps > self.total_steps:
+            raise ValueError(
+                f"trainer.initial_steps: {self.initial_steps} exceeds trainer.total_steps={self.total_steps}"
+            )
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation, ``nan`` when either side is constant."""
-    if len(x) < 2 or np.std(x) < 1e-12 or np.std(y) < 1e-12:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+
+@dataclass
+class CheckpointConfig:
+    """Config group ``checkpoint``.
+
+    Attributes:
+        every: checkpoint every this many iterations (and at the last; 0: only at the last).
+        keep: how many checkpoints to keep (newest first).
+        resume_from: a run directory to continue (its own config is used; see ``bilevel_rl.train``).
+    """
+
+    every: int = 1
+    keep: int = 2
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, "checkpoint")
+        if self.every < 0:
+            raise ValueError(f"checkpoint.every: must be >= 0, got {self.every}")
+        if self.keep < 1:
+            raise ValueError(f"checkpoint.keep: must be >= 1, got {self.keep}")
 
 
 class Trainer:
-    """Runs the bilevel loop and owns checkpointing of everything it is given."""
+    """Runs the bilevel loop and owns checkpointing of everything it is given.
+
+    Args:
+        config: budget and schedule.
+        checkpoint: checkpoint schedule.
+        follower: the lower level.
+        reward_model: the leader's model (RLHF reward model, shaping model).
+        rule: the leader's update rule (attached here).
+        objective: what the leader optimises and the data it gathers.
+        logger: metrics sink.
+        run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
+        seed: seeds the trainer's numpy generator and the leader's torch generator.
+        meta: identity of the run (env, follower, rule); a checkpoint of another identity is refused.
+        progress: show a progress bar.
+    """
 
     def __init__(
         self,
         config: TrainerConfig,
+        checkpoint: CheckpointConfig,
         follower: Follower,
         reward_model: RewardModel,
         rule: UpperRule,
-        teacher: Teacher,
-        buffer: PreferenceBuffer,
+        objective: Objective,
         logger: MetricLogger,
         run_dir: str | Path,
         seed: int,
@@ -100,21 +125,22 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.cfg = config
+        self.checkpoint = checkpoint
         self.follower, self.reward_model, self.rule = follower, reward_model, rule
-        self.teacher, self.buffer, self.logger = teacher, buffer, logger
+        self.objective, self.logger = objective, logger
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.meta = meta or {}
         self.progress = progress
         self.rng = np.random.default_rng(seed)
+        self.leader_generator = torch.Generator().manual_seed(seed + 1)
         self.iteration = 0
         self.last_eval: float = float("nan")
         self.follower.set_reward_model(reward_model)
-        self.rule.attach(follower, reward_model)
-        self.rule.bind_buffer(buffer)
+        self.rule.attach(follower, reward_model, objective.data)
 
     # ------------------------------------------------------------------ stages
-    def _learn_stage(self, steps: int) -> tuple[dict[str, float], TrajectoryBatch]:
+    def _learn(self, steps: int) -> tuple[dict[str, float], TrajectoryBatch]:
         t0 = time.perf_counter()
         before = self.follower.num_timesteps
         metrics = self.follower.learn(steps)
@@ -122,34 +148,18 @@ class Trainer:
         taken = self.follower.num_timesteps - before
         metrics["time/sps"] = taken / max(dt, 1e-9)
         metrics["time/learn_s"] = dt
-        batch = self.follower.collect(max(1, taken // self.follower.num_envs))
-        return metrics, batch
+        return metrics, self.follower.collect(max(1, taken // self.follower.num_envs))
 
-    def _query_stage(self, batch: TrajectoryBatch, num_pairs: int) -> tuple[dict[str, float], PreferencePairs]:
+    def _gather(self, batch: TrajectoryBatch) -> dict[str, float]:
         t0 = time.perf_counter()
-        first, second = make_pairs(batch, self.cfg.segment_length, num_pairs, self.rng)
-        returns = np.stack([first.true_returns(), second.true_returns()], axis=1)
-        labels = self.teacher.label(returns, self.rng)
-        pairs = stack_pairs(first, second, labels, self.iteration)
-        # held-out accuracy: the leader has not trained on these pairs yet
-        metrics = {
-            "reward_model/pref_accuracy": preference_accuracy(self.reward_model, pairs),
-            "reward_model/tie_fraction": float(np.mean(labels == 0.5)),
-            # what the teacher compares: segment returns (sparse per-step rewards, e.g. Atari, make the per-step
-            # true_reward_corr a weak signal even for a reward that ranks segments well)
-            "reward_model/segment_return_corr": pearson(
-                predicted_segment_returns(self.reward_model, pairs).reshape(-1), returns.reshape(-1)
-            ),
-        }
-        self.buffer.add(pairs)
-        metrics["buffer/pairs"] = float(len(self.buffer))
-        metrics["buffer/total_labels"] = float(self.buffer.total_added)
-        metrics["time/query_s"] = time.perf_counter() - t0
-        return metrics, pairs
+        metrics = self.objective.gather(batch, self.iteration, self.rng, self.reward_model)
+        metrics["time/gather_s"] = time.perf_counter() - t0
+        return metrics
 
-    def _upper_stage(self, epochs: int, batch: TrajectoryBatch) -> dict[str, float]:
+    def _leader(self, batch: TrajectoryBatch, epochs: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = self.rule.update(self.buffer, epochs, self.rng, batch=batch, iteration=self.iteration)
+        step = LeaderStep(self.objective.data, batch, self.iteration, epochs, self.rng, self.leader_generator)
+        metrics = self.rule.update(step)
         aux = self.rule.auxiliary_followers()
         if aux:
             metrics["time/aux_env_steps"] = float(sum(f.num_timesteps for f in aux.values()))
@@ -160,21 +170,15 @@ class Trainer:
         metrics["time/upper_s"] = time.perf_counter() - t0
         return metrics
 
-    @torch.no_grad()
-    def _diagnose_stage(self, batch: TrajectoryBatch) -> dict[str, float]:
+    def _diagnose(self, batch: TrajectoryBatch) -> dict[str, float]:
         t0 = time.perf_counter()
-        if not self.rule.uses_preferences:
+        if not self.rule.trains_leader:
             return {"follower/true_reward_mean": float(batch.true_rewards.mean())}
-        pred = self.reward_model.relabel(batch.flat_obs(), batch.flat_actions()).cpu().numpy()
-        true = batch.true_rewards.reshape(-1)
-        return {
-            "reward_model/true_reward_corr": pearson(pred, true),
-            "reward_model/pred_reward_mean": float(pred.mean()),
-            "follower/true_reward_mean": float(true.mean()),
-            "time/diagnose_s": time.perf_counter() - t0,
-        }
+        metrics = self.objective.diagnose(batch, self.reward_model)
+        metrics["time/diagnose_s"] = time.perf_counter() - t0
+        return metrics
 
-    def _evaluate_stage(self, final: bool) -> dict[str, float]:
+    def _evaluate(self, final: bool) -> dict[str, float]:
         c = self.cfg
         if not (final or self.iteration == 0 or (c.eval_every > 0 and self.iteration % c.eval_every == 0)):
             return {}
@@ -184,9 +188,7 @@ class Trainer:
         self.last_eval = metrics["eval/true_return"]
         if c.video_every > 0 and (final or self.iteration % c.video_every == 0):
             try:
-                frames = self.follower.record_video(  # type: ignore[attr-defined]
-                    seed=self.seed + 20_000, max_steps=c.video_length
-                )
+                frames = self.follower.record_video(seed=self.seed + 20_000, max_steps=c.video_length)
                 self.logger.log_video("eval/video", frames, self.follower.num_timesteps)
             except Exception as exc:  # noqa: BLE001 - a render backend failure must not kill the run
                 log.warning("video recording failed (set MUJOCO_GL=egl for MuJoCo): %s", exc)
@@ -208,37 +210,34 @@ class Trainer:
         t_start = time.perf_counter()
         try:
             if self.iteration == 0 and self.follower.num_timesteps == 0:
-                last = self._iteration(c.initial_steps, c.initial_pairs, c.warmup_epochs, t_start)
+                last = self._iteration(c.initial_steps, t_start)
                 bar.update(self.follower.num_timesteps - bar.n)
                 self._set_postfix(bar, last)
             while self.follower.num_timesteps < c.total_steps:
                 self.iteration += 1
-                steps = min(c.steps_per_iter, c.total_steps - self.follower.num_timesteps)
-                last = self._iteration(steps, c.pairs_per_iter, c.epochs_per_iter, t_start)
+                last = self._iteration(min(c.steps_per_iter, c.total_steps - self.follower.num_timesteps), t_start)
                 bar.update(self.follower.num_timesteps - bar.n)
                 self._set_postfix(bar, last)
         finally:
             bar.close()
         return last
 
-    def _iteration(self, steps: int, pairs: int, epochs: int, t_start: float) -> dict[str, float]:
-        metrics, batch = self._learn_stage(steps)
-        if not self.rule.uses_preferences:
-            pairs = epochs = 0
+    def _iteration(self, steps: int, t_start: float) -> dict[str, float]:
+        metrics, batch = self._learn(steps)
         if self.iteration == 0:
             self.reward_model.fit_input_normalization(batch.flat_obs())
-        if pairs > 0:
-            query_metrics, _ = self._query_stage(batch, pairs)
-            metrics.update(query_metrics)
-        if epochs > 0 and len(self.buffer) > 0:
-            metrics.update(self._upper_stage(epochs, batch))
-        metrics.update(self._diagnose_stage(batch))
+        if self.rule.trains_leader:
+            metrics.update(self._gather(batch))
+            epochs = self.objective.epochs(self.iteration)
+            if epochs > 0:
+                metrics.update(self._leader(batch, epochs))
+        metrics.update(self._diagnose(batch))
         final = self.follower.num_timesteps >= self.cfg.total_steps
-        metrics.update(self._evaluate_stage(final))
+        metrics.update(self._evaluate(final))
         metrics["time/total_s"] = time.perf_counter() - t_start
         self.logger.log(metrics, step=self.follower.num_timesteps, iteration=self.iteration)
-        c = self.cfg
-        if final or (c.checkpoint_every > 0 and self.iteration % c.checkpoint_every == 0):
+        every = self.checkpoint.every
+        if final or (every > 0 and self.iteration % every == 0):
             self.save()
         return metrics
 
@@ -252,37 +251,28 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
-        """Checkpoint everything needed to continue exactly."""
-        fstate = self.follower.state_dict()
-        aux_states = {name: f.state_dict() for name, f in self.rule.auxiliary_followers().items()}
-        tensors = {
-            "reward_model": self.reward_model.state_dict(),
-            "rule": self.rule.state_dict(),
-            "follower_params": fstate.pop("params", None),
-            "follower_torch_vars": fstate.pop("torch_vars", {}),
-            "torch_rng": torch.get_rng_state(),
-            "aux_params": {n: st.pop("params", None) for n, st in aux_states.items()},
-            "aux_torch_vars": {n: st.pop("torch_vars", {}) for n, st in aux_states.items()},
-        }
-        rng = capture_rng()
-        rng.pop("torch")
-        state = {
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (the checkpoint writer splits tensors out generically)."""
+        return {
             "meta": self.meta,
             "iteration": self.iteration,
             "env_steps": self.follower.num_timesteps,
             "last_eval": self.last_eval,
             "trainer_rng": self.rng.bit_generator.state,
-            "global_rng": rng,
-            "buffer": self.buffer.state_dict(),
-            "follower": fstate,
-            "aux_followers": aux_states,
+            "leader_generator": self.leader_generator.get_state(),
+            "global_rng": capture_rng(),
+            "reward_model": self.reward_model.state_dict(),
+            "rule": self.rule.state_dict(),
+            "objective": self.objective.state_dict(),
+            "follower": self.follower.state_dict(),
         }
-        return save_checkpoint(self.run_dir, self.follower.num_timesteps, tensors, state, self.cfg.checkpoint_keep)
 
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save` (refuses a changed env / follower / rule)."""
-        tensors, state = load_checkpoint(path)
+    def save(self) -> Path:
+        """Checkpoint :meth:`state_dict` (atomic, checksummed, rotated)."""
+        return write_checkpoint(self.run_dir, self.follower.num_timesteps, self.state_dict(), self.checkpoint.keep)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (refuses a changed env / follower / rule)."""
         saved = state.get("meta", {})
         for key in ("env_id", "follower", "upper"):
             if key in saved and key in self.meta and saved[key] != self.meta[key]:
@@ -290,19 +280,16 @@ class Trainer:
                     f"checkpoint.resume_from: the run used {key}={saved[key]!r} but this config asks for "
                     f"{self.meta[key]!r}; resuming with a different {key} is refused"
                 )
-        self.reward_model.load_state_dict(tensors["reward_model"])
-        self.rule.load_state_dict(tensors["rule"])
-        fstate = dict(state["follower"])
-        fstate["params"] = tensors["follower_params"]
-        fstate["torch_vars"] = tensors["follower_torch_vars"]
-        self.follower.load_state_dict(fstate)
-        for name, follower in self.rule.auxiliary_followers().items():
-            astate = dict(state["aux_followers"][name])
-            astate["params"] = tensors["aux_params"][name]
-            astate["torch_vars"] = tensors["aux_torch_vars"][name]
-            follower.load_state_dict(astate)
-        self.buffer.load_state_dict(state["buffer"])
+        self.reward_model.load_state_dict(state["reward_model"])
+        self.objective.load_state_dict(state["objective"])
+        self.rule.load_state_dict(state["rule"])
+        self.follower.load_state_dict(state["follower"])
         self.iteration = int(state["iteration"])
         self.last_eval = float(state["last_eval"])
         self.rng.bit_generator.state = state["trainer_rng"]
-        restore_rng({**state["global_rng"], "torch": tensors["torch_rng"]})
+        self.leader_generator.set_state(state["leader_generator"])
+        restore_rng(state["global_rng"])
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint directory written by :meth:`save`."""
+        self.load_state_dict(read_checkpoint(path))

@@ -16,13 +16,18 @@ from dataclasses import dataclass
 
 from typing_extensions import override
 
+from typing import Any
+
 from bilevel_rl.data.segments import PreferencePairs
-from bilevel_rl.upper.common import LeaderOptimConfig, PreferenceRule, Surrogate
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate
 
 
 @dataclass
 class DRLHFConfig(LeaderOptimConfig):
     """Hyperparameters of DRLHF (defaults: SoBiRL App. J.2); see :class:`LeaderOptimConfig`."""
+
+    name: str = "drlhf"
 
 
 class DRLHF(PreferenceRule):
@@ -35,5 +40,5 @@ class DRLHF(PreferenceRule):
         self.config = config
 
     @override
-    def surrogate(self, pairs: PreferencePairs) -> Surrogate:
+    def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
         return self.bt_surrogate(pairs)

@@ -13,8 +13,8 @@ extra policy loss ``σ L_up`` (``L_up``: the score-function surrogate of ``G``, 
 digest §5.1). ``G`` is the Bradley–Terry loss on segment pairs (digest P7: eq. 6's linear probability replaced by
 the BCE of every other rule here).
 
-**This is PBRL's value penalty with λ_PBRL = 1/σ** (digest §5.2): the plumbing (best-response follower, extra policy
-loss, discounted-return surrogates) is :class:`bilevel_rl.upper.pbrl.PenaltyRule`.
+**This is PBRL's value penalty with λ_PBRL = 1/σ**: the plumbing (best-response follower, extra policy loss,
+discounted-return surrogates) is :mod:`bilevel_rl.upper.penalty`.
 
 Choices (each configurable where the paper is inconsistent):
 
@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from typing_extensions import override
 
 from bilevel_rl.data.segments import PreferencePairs
-from bilevel_rl.upper.common import Surrogate, pair_losses
-from bilevel_rl.upper.pbrl import PenaltyFollowerConfig, PenaltyRule, choice
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.estimators import pair_losses
+from bilevel_rl.upper.penalty import PenaltyFollowerConfig, PenaltyInputs, PenaltyRule
+from bilevel_rl.upper.preference_rule import Surrogate
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +59,26 @@ class HessianFreeConfig(PenaltyFollowerConfig):
         grad_G_at: ``sigma_follower`` (``λ'``, Danskin-exact) or ``star_follower`` (``λ``, importance-weighted).
     """
 
+    name: str = "hessian_free"
     sigma: float = 0.5
-    penalty_sign: str = "corrected"
-    grad_G_at: str = "sigma_follower"
+    penalty_sign: Literal["corrected", "printed"] = "corrected"
+    grad_G_at: Literal["sigma_follower", "star_follower"] = "sigma_follower"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.sigma <= 0:
-            raise ValueError(f"upper.sigma must be > 0, got {self.sigma}")
-        choice("penalty_sign", self.penalty_sign, ("corrected", "printed"))
-        choice("grad_G_at", self.grad_G_at, ("sigma_follower", "star_follower"))
+            raise ValueError(f"upper.sigma: must be > 0, got {self.sigma}")
 
 
 class HessianFree(PenaltyRule):
     """Two followers (λ: best response, λ': maximiser of ``J − σG``) and the first-order reward step ``d``."""
 
     name = "hessian_free"
+    config: HessianFreeConfig
 
     def __init__(self, config: HessianFreeConfig) -> None:
+        self.config = config
         super().__init__()
-        self.config: HessianFreeConfig = config
         if config.penalty_sign == "printed":
             log.warning(
                 "upper.penalty_sign=printed: Alg. 1 l.15's sign makes the reward ascend the penalty and diverges "
@@ -91,18 +94,19 @@ class HessianFree(PenaltyRule):
         return self.config.sigma
 
     @override
-    def before_update(self) -> dict[str, float]:
-        return {"upper/sigma": self.config.sigma} | super().before_update()
+    def prepare(self, step: LeaderStep) -> tuple[PenaltyInputs | None, dict[str, float]]:
+        prepared, out = super().prepare(step)
+        return prepared, {"upper/sigma": self.config.sigma} | out
 
     @override
-    def upper_loss(self, pairs: PreferencePairs) -> Surrogate:
-        if self.config.grad_G_at == "sigma_follower" or self.warmup:
+    def upper_loss(self, pairs: PreferencePairs, step: LeaderStep) -> Surrogate:
+        if self.config.grad_G_at == "sigma_follower":
             return self.bt_surrogate(pairs)
         assert self.reward_model is not None and self.best_response is not None and self.follower is not None
         bce, returns, labels = pair_losses(self.reward_model, pairs)
         with torch.no_grad():
-            log_w = self.pair_log_probs(self.best_response, pairs, grad=False)
-            log_w = log_w - self.pair_log_probs(self.follower, pairs, grad=False)
+            log_w = self.policy_loss.log_probs(self.best_response.follower, pairs, grad=False)
+            log_w = log_w - self.policy_loss.log_probs(self.follower, pairs, grad=False)
             w = torch.softmax(log_w.to(bce.device, bce.dtype), dim=0)  # self-normalised, sums to 1
         loss = (w * bce).sum()
         terms = {

@@ -41,19 +41,29 @@ on-policy, digest P16) while the Bradley–Terry term uses the whole buffer; glo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from typing_extensions import override
 
+from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import SB3_FOLLOWERS
-from bilevel_rl.upper.common import LeaderOptimConfig, PreferenceRule, Surrogate, expected_policy_reward, pair_losses
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.estimators import (
+    expected_policy_reward,
+    grad_norm,
+    implicit_weights,
+    kept_pairs,
+    live_temperature,
+    pair_losses,
+    reward_scale,
+    rule_discount,
+)
+from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate, positive
 
 
 @dataclass
@@ -73,82 +83,24 @@ class HPGDConfig(LeaderOptimConfig):
             undiscounted sums (unbiased); an integer ``T`` = fixed horizon with ``γ^t`` weights (bias ``O(γ^T)``).
     """
 
+    name: str = "hpgd"
     max_grad_norm: float | None = 1.0
-    estimator: str = "trajectory"
+    estimator: Literal["trajectory", "generative"] = "trajectory"
     trace: float = 0.0
     gamma: float | None = None
     baseline: bool = True
-    implicit_pairs: str = "current"
+    implicit_pairs: Literal["current", "all"] = "current"
     action_samples: int = 8
     num_rollouts: int = 1
     rollout_horizon: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.estimator not in ("trajectory", "generative"):
-            raise ValueError(f"upper.estimator must be trajectory or generative, got {self.estimator!r}")
         if not 0.0 <= self.trace <= 1.0:
             raise ValueError(f"upper.trace must be in [0, 1], got {self.trace}")
         if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"upper.gamma must be in [0, 1) or null, got {self.gamma}")
-        if self.implicit_pairs not in ("current", "all"):
-            raise ValueError(f"upper.implicit_pairs must be current or all, got {self.implicit_pairs!r}")
-        for key in ("action_samples", "num_rollouts", "rollout_horizon"):
-            if getattr(self, key) is not None and int(getattr(self, key)) <= 0:
-                raise ValueError(f"upper.{key} must be > 0, got {getattr(self, key)}")
-
-
-# ---------------------------------------------------------------------------------------------- shared with PPA
-def follower_discount(follower: Follower, configured: float | None, rule: str) -> float:
-    """The follower's discount: ``configured``, else its own (tabular ``mdp.gamma``, SB3 ``model.gamma``)."""
-    if configured is not None:
-        return float(configured)
-    for owner in ("mdp", "model"):
-        gamma = getattr(getattr(follower, owner, None), "gamma", None)
-        if isinstance(gamma, int | float):
-            return float(gamma)
-    raise ValueError(f"upper.gamma: {type(follower).__name__} does not expose its discount; set upper.gamma ({rule})")
-
-
-def live_temperature(follower: Follower, rule: str) -> float:
-    """``λ`` read now; a follower without entropy regularisation (PPO/A2C ``ent_coef = 0``) is refused."""
-    lam = float(follower.temperature)
-    if not lam > 0:  # a ValueError at attach() is a one-line config error on the CLI (train.build_trainer)
-        raise ValueError(
-            f"{rule} needs a follower temperature > 0 (got {lam}), its best response being softmax(Q/λ); "
-            "for PPO/A2C set follower.algo_kwargs.ent_coef>0"
-        )
-    return lam
-
-
-def reward_scale(model: RewardModel) -> float:
-    """The factor the follower sees on the raw reward (``relabel`` multiplies by it when normalising)."""
-    return float(model.reward_scale) if model.normalize else 1.0
-
-
-def implicit_weights(losses: torch.Tensor, keep: torch.Tensor, baseline: bool) -> torch.Tensor:
-    """``(ℓ_p − b_p) / n`` on the kept pairs (0 elsewhere), ``b_p`` the leave-one-out mean of the other kept pairs."""
-    ell = losses.detach() * keep
-    n = int(keep.sum())
-    if n == 0:
-        return torch.zeros_like(ell)
-    if baseline and n > 1:
-        ell = (ell - (ell.sum() - ell) / (n - 1)) * keep
-    return ell / n
-
-
-def kept_pairs(pairs: PreferencePairs, mode: str, iteration: int, device: torch.device) -> torch.Tensor:
-    """``(B,)`` 0/1 mask of the pairs that enter the implicit term."""
-    keep = np.ones(len(pairs)) if mode == "all" else (pairs.iteration == iteration).astype(np.float64)
-    return torch.as_tensor(keep, device=device)
-
-
-def grad_norm(value: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
-    """``‖∇ value‖`` over ``params`` (keeps the graph); 0 when ``value`` does not depend on them."""
-    if not value.requires_grad:
-        return 0.0
-    grads = torch.autograd.grad(value, list(params), retain_graph=True, allow_unused=True)
-    return float(sum(float((g.detach().double() ** 2).sum()) for g in grads if g is not None) ** 0.5)
+        positive(self, "action_samples", "num_rollouts", "rollout_horizon")
 
 
 # ---------------------------------------------------------------------------------------------------- the rule
@@ -156,43 +108,48 @@ class HPGD(PreferenceRule):
     """HPGD's hypergradient on the Bradley–Terry hyper-objective (module docstring, eq. HPGD-RLHF)."""
 
     name = "hpgd"
-    needs_temperature = True
 
     def __init__(self, config: HPGDConfig) -> None:
         super().__init__()
         self.config: HPGDConfig = config
         self.gamma = 0.0
 
-    @override
+    @staticmethod
+    def _needs_gamma(config: HPGDConfig) -> bool:
+        return config.estimator == "generative" or config.trace > 0
+
     @classmethod
-    def check_follower(cls, follower_name: str, params: dict[str, Any]) -> str | None:
-        if params.get("estimator", "trajectory") == "generative" and follower_name in SB3_FOLLOWERS:
-            return (
-                "upper.estimator=generative needs a follower that can restart from any state (rollouts_from); "
-                "SB3 followers cannot, use upper.estimator=trajectory"
-            )
-        return None
+    @override
+    def requirements(cls, params: Any) -> Requirements:
+        req = {
+            Capability.TEMPERATURE: "the hypergradient is scaled by 1/lambda (HPGD Prop. 2)",
+            Capability.ACTION_DIST: "E_{a'~pi}[r(s, a')] needs the policy",
+        }
+        if params is not None and params.estimator == "generative":
+            req[Capability.GENERATIVE_MODEL] = "upper.estimator=generative; use upper.estimator=trajectory"
+        if params is not None and params.gamma is None and cls._needs_gamma(params):
+            req[Capability.GAMMA] = "upper.gamma=null; set upper.gamma"
+        return req
 
     @override
-    def attach(self, follower: Follower, reward_model: RewardModel) -> None:
-        super().attach(follower, reward_model)
+    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
+        super().attach(follower, reward_model, data)
         live_temperature(follower, self.name)
-        needs_gamma = self.config.estimator == "generative" or self.config.trace > 0
-        self.gamma = follower_discount(follower, self.config.gamma, self.name) if needs_gamma else 0.0
+        self.gamma = rule_discount(follower, self.config.gamma) if self._needs_gamma(self.config) else 0.0
 
     @override
-    def surrogate(self, pairs: PreferencePairs) -> Surrogate:
+    def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
         assert self.reward_model is not None and self.follower is not None
         model, c = self.reward_model, self.config
         bce, returns, labels = pair_losses(model, pairs)
         direct = bce.mean()
         lam = live_temperature(self.follower, self.name)
-        keep = kept_pairs(pairs, c.implicit_pairs, self.iteration, model.device)
+        keep = kept_pairs(pairs, c.implicit_pairs, step.iteration, model.device)
         w_pair = implicit_weights(bce, keep, c.baseline) * (reward_scale(model) / lam)  # (B,)
         mask = torch.as_tensor(pairs.mask, device=model.device)  # (B, 2, H)
         w = w_pair[:, None, None] * mask
         term = self._trajectory_term if c.estimator == "trajectory" else self._generative_term
-        implicit = term(pairs, w)
+        implicit = term(pairs, w, step)
         params = [p for p in model.parameters() if p.requires_grad]
         terms = {
             "upper/bt_loss": float(direct.detach()),
@@ -203,7 +160,7 @@ class HPGD(PreferenceRule):
         }
         return Surrogate(direct + implicit, returns, labels, terms)
 
-    def _trajectory_term(self, pairs: PreferencePairs, w: torch.Tensor) -> torch.Tensor:
+    def _trajectory_term(self, pairs: PreferencePairs, w: torch.Tensor, step: LeaderStep) -> torch.Tensor:
         """``Σ_k c_k r(s_k, a_k) − Σ_t w_t E_{a'~π} r(s_t, a')`` with ``c_k = w_k + γκ c_{k−1}`` per segment."""
         assert self.reward_model is not None and self.follower is not None
         model = self.reward_model
@@ -218,10 +175,12 @@ class HPGD(PreferenceRule):
         actions = torch.as_tensor(pairs.actions, device=model.device).reshape(-1, *pairs.actions.shape[3:])
         rows = coef.reshape(-1) != 0  # with a trace the cumulated weight outlives the step's own weight
         taken = (coef.reshape(-1)[rows] * model(obs[rows], actions[rows])).sum()
-        expected = expected_policy_reward(model, self.follower, obs[active], self.config.action_samples)
+        expected = expected_policy_reward(
+            model, self.follower, obs[active], self.config.action_samples, step.generator
+        )
         return taken - (w.reshape(-1)[active] * expected).sum()
 
-    def _generative_term(self, pairs: PreferencePairs, w: torch.Tensor) -> torch.Tensor:
+    def _generative_term(self, pairs: PreferencePairs, w: torch.Tensor, step: LeaderStep) -> torch.Tensor:
         """``Σ_t w_t (∂̂Q − ∂̂V)`` with independent continuations from every weighted segment step (Alg. 2)."""
         assert self.reward_model is not None
         model, c = self.reward_model, self.config
@@ -233,21 +192,23 @@ class HPGD(PreferenceRule):
         actions = np.repeat(pairs.actions.reshape(-1, *pairs.actions.shape[3:])[active], reps, axis=0)
         weights = (w.reshape(-1)[torch.as_tensor(active, device=model.device)] / reps).repeat_interleave(reps)
         # ∂Q: forced first action; ∂V: a_0 ~ π; each with its own continuations (and truncation times)
-        return self._continuations(obs, actions, weights) - self._continuations(obs, None, weights)
+        return self._continuations(obs, actions, weights, step.rng) - self._continuations(obs, None, weights, step.rng)
 
-    def _continuations(self, obs: np.ndarray, first: np.ndarray | None, weights: torch.Tensor) -> torch.Tensor:
+    def _continuations(
+        self, obs: np.ndarray, first: np.ndarray | None, weights: torch.Tensor, rng: np.random.Generator
+    ) -> torch.Tensor:
         """``Σ_n weights_n Σ_t d_{n,t} r(s^n_t, a^n_t)`` along fresh rollouts, ``d`` = ``γ^t`` or ``1{t ≤ T_n}``."""
         assert self.reward_model is not None and self.follower is not None
         model, horizon, n = self.reward_model, self.config.rollout_horizon, len(obs)
         if horizon is None:  # Alg. 2: T_n ~ Geo(1 − γ) on {0, 1, ...}, so P(T_n ≥ t) = γ^t (unbiased)
-            stop = self.rng.geometric(1.0 - self.gamma, size=n) - 1
+            stop = rng.geometric(1.0 - self.gamma, size=n) - 1
             order = np.argsort(stop, kind="stable")
         else:
             stop, order = np.full(n, horizon - 1), np.arange(n)
         total = torch.zeros((), device=model.device)
         for chunk in np.array_split(order, max(1, n // 4096)):  # sorted stops: short rollouts stay short
             length = int(stop[chunk].max()) + 1
-            ro = self.follower.rollouts_from(obs[chunk], None if first is None else first[chunk], length, self.rng)
+            ro = self.follower.rollouts_from(obs[chunk], None if first is None else first[chunk], length, rng)
             dev = model.device
             r = model.rewards(torch.as_tensor(ro.obs, device=dev), torch.as_tensor(ro.actions, device=dev))
             t = np.arange(length)[None, :]

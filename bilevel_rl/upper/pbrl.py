@@ -28,93 +28,23 @@ in both variables, with the penalty gradients in closed form at a best response 
   run; degenerate for reward shaping, §5.1).
 
 Alg. 1's "penalty constant γ" (L345) is λ and L350 lost the minus sign of (4.4): we descend ``F_λ``.
-:class:`PenaltyRule` is shared with :mod:`bilevel_rl.upper.hessian_free` (PBRL-value with λ = 1/σ).
+The two-follower machinery is :mod:`bilevel_rl.upper.penalty` (shared with the Hessian-free method).
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from typing_extensions import override
 
-from bilevel_rl.data.preference_buffer import PreferenceBuffer
-from bilevel_rl.data.segments import PreferencePairs
+from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.trajectories import TrajectoryBatch
-from bilevel_rl.followers.base import Follower, Rollouts
-from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import SB3_FOLLOWERS
-from bilevel_rl.upper.common import (
-    LeaderOptimConfig,
-    PreferenceRule,
-    Surrogate,
-    discounted_return_surrogate,
-    expected_policy_reward,
-    pair_losses,
-)
-
-
-def choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    """Refuse ``upper.<key>`` values outside ``options``."""
-    if value not in options:
-        raise ValueError(f"upper.{key} must be one of {'|'.join(options)}, got {value!r}")
-
-
-def positive(config: object, *keys: str) -> None:
-    """Refuse non-positive ``upper.<key>`` values (``None`` passes)."""
-    for key in keys:
-        value = getattr(config, key)
-        if value is not None and value <= 0:
-            raise ValueError(f"upper.{key} must be > 0, got {value}")
-
-
-@dataclass
-class PenaltyFollowerConfig(LeaderOptimConfig):
-    """Settings shared by the two-follower penalty rules (PBRL, Hessian-free).
-
-    Attributes:
-        best_response_steps: env steps of the best response per outer iteration (``None``: keep pace with the main
-            follower, i.e. train it up to the main follower's step count).
-        best_response_seed: seed of the spawned best response (``None``: the follower's seed + 1).
-        policy_loss_pairs: pairs per call of the follower's extra policy loss (redrawn at each call).
-        policy_loss_source: ``latest`` (pairs of the newest phase) or ``buffer`` (all stored pairs).
-        policy_loss_scale: multiplies the extra loss's coefficient (units of the follower's policy loss).
-        baseline: ``batch_mean`` (``b`` = mean loss of the drawn pairs) or ``none``.
-        gamma: discount of the penalty's returns (``None``: the follower's own ``γ``).
-        log_prob_min: per-step floor on ``log π(a|s)`` inside the extra loss (``None``: none). Not in the papers: the
-            score-function loss on *stored* segments is unbounded below (pushing a pair's actions to zero density
-            sends ``log π → −∞``), and on SAC/Hopper it drove the actor to NaN within two iterations; below the floor
-            the step contributes no gradient. Tabular checks use ``None`` (exact score function).
-        penalty_hinge: use ``max(p̂, 0)`` in the leader loss, i.e. drop ``λ∇p`` on a minibatch whose penalty estimate
-            is ``≤ 0`` (not in the papers). ``p ≥ 0`` by definition (the best response is at least as good as the
-            follower); a negative estimate means the trained best response is *worse* than the follower, and
-            descending on it makes ``p̂`` more negative without bound: on SAC/Hopper at λ = 2 it swamped the
-            preference loss (BT loss 0.3 → 11.8, corr(r_φ, r) → −0.77 within 5 iterations). Default ``False``
-            (the exact penalty); the deep configs set it.
-    """
-
-    best_response_steps: int | None = None
-    best_response_seed: int | None = None
-    policy_loss_pairs: int = 16
-    policy_loss_source: str = "latest"
-    policy_loss_scale: float = 1.0
-    baseline: str = "batch_mean"
-    gamma: float | None = None
-    log_prob_min: float | None = None
-    penalty_hinge: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive(self, "best_response_steps", "policy_loss_pairs")
-        choice("policy_loss_source", self.policy_loss_source, ("latest", "buffer"))
-        choice("baseline", self.baseline, ("batch_mean", "none"))
-        if self.policy_loss_scale < 0:
-            raise ValueError(f"upper.policy_loss_scale must be >= 0, got {self.policy_loss_scale}")
-        if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"upper.gamma must be in [0, 1) or null, got {self.gamma}")
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.estimators import expected_policy_reward, rollout_return_surrogate, sample_actions
+from bilevel_rl.upper.penalty import PenaltyFollowerConfig, PenaltyInputs, PenaltyRule
+from bilevel_rl.upper.preference_rule import positive
 
 
 @dataclass
@@ -140,17 +70,18 @@ class PBRLConfig(PenaltyFollowerConfig):
         num_action_samples: actions per state for ``E_{a~π}[r]`` with continuous actions (exact when discrete).
     """
 
-    penalty: str = "value"
+    name: str = "pbrl"
+    penalty: Literal["value", "bellman"] = "value"
     lam: float = 2.0
-    lam_schedule: str = "constant"
+    lam_schedule: Literal["constant", "linear", "geometric"] = "constant"
     lam_growth: float = 1.0
     lam_every: int = 1
     lam_max: float | None = None
     penalty_weight_x: float = 1.0
     beta: float | None = None
-    best_response: str = "separate"
-    bellman_estimator: str = "depth1"
-    bellman_states: str = "all"
+    best_response: Literal["separate", "shared"] = "separate"
+    bellman_estimator: Literal["depth1", "mixed"] = "depth1"
+    bellman_states: Literal["all", "start"] = "all"
     bellman_max_states: int = 2048
     bellman_rollouts: int = 1024
     bellman_horizon: int = 20
@@ -158,11 +89,6 @@ class PBRLConfig(PenaltyFollowerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice("penalty", self.penalty, ("value", "bellman"))
-        choice("lam_schedule", self.lam_schedule, ("constant", "linear", "geometric"))
-        choice("best_response", self.best_response, ("separate", "shared"))
-        choice("bellman_estimator", self.bellman_estimator, ("depth1", "mixed"))
-        choice("bellman_states", self.bellman_states, ("all", "start"))
         positive(self, "lam", "lam_every", "bellman_max_states", "bellman_rollouts", "bellman_horizon")
         positive(self, "num_action_samples")
         if self.lam_growth < 0 or (self.lam_schedule == "geometric" and self.lam_growth == 0):
@@ -183,197 +109,25 @@ class PBRLConfig(PenaltyFollowerConfig):
         return lam if self.lam_max is None else min(lam, self.lam_max)
 
 
-def follower_discount(follower: Follower) -> float:
-    """The follower's own discount: SB3 ``model.gamma`` or a tabular ``mdp.gamma``."""
-    for owner in ("model", "mdp"):
-        gamma = getattr(getattr(follower, owner, None), "gamma", None)
-        if gamma is not None:
-            return float(gamma)
-    raise ValueError(f"upper.gamma: cannot read the discount of {type(follower).__name__}; set upper.gamma")
-
-
-def rollout_return_surrogate(model: RewardModel, rollouts: Rollouts, gamma: float) -> torch.Tensor:
-    """``mean_j Σ_t γ^t mask r_φ(s_jt, a_jt)`` of generative-model rollouts (its φ-gradient estimates ``∇_φ V``)."""
-    n, horizon = rollouts.mask.shape
-    obs = torch.as_tensor(rollouts.obs, device=model.device).flatten(0, 1)
-    rewards = model(obs, torch.as_tensor(rollouts.actions, device=model.device).flatten(0, 1))
-    weights = torch.as_tensor(rollouts.mask * gamma ** np.arange(horizon), dtype=rewards.dtype, device=model.device)
-    return (rewards * weights.reshape(-1)).sum() / n
-
-
-class PenaltyRule(PreferenceRule):
-    """Two followers and a penalised leader: the plumbing PBRL and the Hessian-free method share.
-
-    Subclasses give the coefficients; the main follower gets ``coef · L_up`` as its extra policy loss (installed in
-    :meth:`attach`, fed with the buffer each :meth:`update`) and the best response is spawned in :meth:`attach`, so
-    every checkpoint holds it. After a resume the extra loss is idle until the first leader update.
-    """
-
-    config: PenaltyFollowerConfig
-    needs = ("extra_policy_loss", "spawn")
-    separate_best_response = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best_response: Follower | None = None
-        self.buffer: PreferenceBuffer | None = None
-        self.loss_idx = np.zeros(0, dtype=np.int64)
-        self.br_batch: TrajectoryBatch | None = None
-        self.gamma = 0.99
-        self.loss_rng = np.random.default_rng(0)
-
-    @abstractmethod
-    def penalty_coefficient(self) -> float:
-        """Factor of ``∇_x p̂`` in the leader direction at the current iteration."""
-
-    @abstractmethod
-    def policy_loss_coefficient(self) -> float:
-        """Factor of ``L_up`` in the main follower's policy loss."""
-
-    @override
-    def attach(self, follower: Follower, reward_model: RewardModel) -> None:
-        super().attach(follower, reward_model)
-        self.gamma = self.config.gamma if self.config.gamma is not None else follower_discount(follower)
-        if self.separate_best_response:
-            seed = self.config.best_response_seed
-            self.best_response = follower.spawn(int(getattr(follower, "seed", 0)) + 1 if seed is None else seed)
-            self.best_response.set_reward_model(reward_model)
-        follower.set_extra_policy_loss(self.policy_loss)
-
-    @override
-    def auxiliary_followers(self) -> dict[str, Follower]:
-        return {"best_response": self.best_response} if self.best_response is not None else {}
-
-    @override
-    def update(
-        self,
-        buffer: PreferenceBuffer,
-        epochs: int,
-        rng: np.random.Generator,
-        batch: TrajectoryBatch | None = None,
-        iteration: int = 0,
-    ) -> dict[str, float]:
-        self.buffer, self.loss_idx = buffer, np.arange(len(buffer))
-        if self.config.policy_loss_source == "latest" and len(buffer):
-            its = buffer.get(self.loss_idx).iteration
-            self.loss_idx = self.loss_idx[its == its.max()]
-        self.loss_rng = np.random.default_rng(int(rng.integers(2**63)))
-        return super().update(buffer, epochs, rng, batch=batch, iteration=iteration)
-
-    # ------------------------------------------------------------------ the follower's extra loss (coef · L_up)
-    def pair_log_probs(self, follower: Follower, pairs: PreferencePairs, grad: bool) -> torch.Tensor:
-        """``(B,)`` ``Σ_{(s,a) ∈ d0 ∪ d1} mask · log π(a|s)`` under ``follower``'s current policy."""
-        assert self.reward_model is not None
-        dev, b = self.reward_model.device, len(pairs)
-        obs = torch.as_tensor(pairs.obs, device=dev).flatten(0, 2)
-        logp = follower.action_dist(obs, grad=grad).log_prob(torch.as_tensor(pairs.actions, device=dev).flatten(0, 2))
-        if self.config.log_prob_min is not None:
-            logp = logp.clamp_min(self.config.log_prob_min)
-        keep = torch.as_tensor(pairs.mask, device=logp.device).reshape(-1) > 0
-        return torch.where(keep, logp, torch.zeros_like(logp)).reshape(b, -1).sum(1)
-
-    def policy_loss(self) -> torch.Tensor:
-        """``coef · mean_j sg(ℓ_j − b) Σ log π_y(a|s)``; its policy gradient is ``coef · ∇_y f`` (score function)."""
-        coef = self.policy_loss_coefficient() * self.config.policy_loss_scale
-        if self.buffer is None or len(self.loss_idx) == 0 or coef == 0.0 or self.follower is None:
-            return torch.zeros((), requires_grad=True)
-        assert self.reward_model is not None
-        pairs = self.buffer.get(
-            self.loss_idx[self.loss_rng.integers(len(self.loss_idx), size=self.config.policy_loss_pairs)]
-        )
-        with torch.no_grad():
-            ell = pair_losses(self.reward_model, pairs)[0]
-            ell = ell - ell.mean() if self.config.baseline == "batch_mean" else ell
-        score = self.pair_log_probs(self.follower, pairs, grad=True)
-        return coef * (ell.to(score.device, score.dtype) * score).mean()
-
-    # ------------------------------------------------------------------ the leader's penalty term
-    def train_best_response(self) -> dict[str, float]:
-        """Continue the best response on ``r_x`` only; keep its on-policy batch in ``br_batch``."""
-        br, main = self.best_response, self.follower
-        assert br is not None and main is not None
-        steps = self.config.best_response_steps
-        steps = max(main.num_timesteps - br.num_timesteps, br.num_envs) if steps is None else steps
-        metrics = br.learn(steps)
-        self.br_batch = br.collect(max(1, steps // br.num_envs))
-        out = {f"upper/best_response/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
-        return out | {"upper/best_response/env_steps": float(br.num_timesteps), "upper/best_response/steps": steps}
-
-    def penalty_surrogate(self) -> torch.Tensor:
-        """``DR_φ(π̂ episodes) − DR_φ(π_y episodes)``; its φ-gradient is ``∇_φ p_V`` (Lemma 7(a), C.1)."""
-        if self.batch is None or self.br_batch is None or self.reward_model is None:
-            raise ValueError("the penalty needs the follower's on-policy batch (rule.update(..., batch=...))")
-        m, g = self.reward_model, self.gamma
-        return discounted_return_surrogate(m, self.br_batch, g) - discounted_return_surrogate(m, self.batch, g)
-
-    def prepare_penalty(self) -> dict[str, float]:
-        """Per-update set-up of :meth:`penalty_surrogate` (rollouts, state samples)."""
-        return {}
-
-    def upper_loss(self, pairs: PreferencePairs) -> Surrogate:
-        """The ``f`` (or ``G``) part of the leader loss: the mean Bradley–Terry loss of the minibatch."""
-        return self.bt_surrogate(pairs)
-
-    @override
-    def before_update(self) -> dict[str, float]:
-        out = {"upper/policy_loss_coef": self.policy_loss_coefficient() * self.config.policy_loss_scale}
-        if self.warmup or self.best_response is None or self.penalty_coefficient() == 0.0:
-            return out
-        out |= self.train_best_response() | self.prepare_penalty()
-        assert self.reward_model is not None
-        value = self.penalty_surrogate()
-        params = [p for p in self.reward_model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(value, params, allow_unused=True)
-        out["upper/penalty_estimate"] = float(value.detach())
-        out["upper/penalty_grad_norm"] = sum(float((g**2).sum()) for g in grads if g is not None) ** 0.5
-        return out
-
-    @override
-    def surrogate(self, pairs: PreferencePairs) -> Surrogate:
-        s = self.upper_loss(pairs)
-        if self.best_response is not None and self.penalty_coefficient() != 0.0:
-            pen = self.penalty_surrogate()
-            active = not (self.config.penalty_hinge and float(pen.detach()) <= 0.0)
-            s.terms["upper/penalty_active"] = float(active)
-            if active:
-                s.loss = s.loss + self.penalty_coefficient() * pen
-        return s
-
-    @override
-    def rule_state(self) -> dict[str, Any]:
-        return {"loss_rng": self.loss_rng.bit_generator.state, "loss_idx": torch.as_tensor(self.loss_idx)}
-
-    @override
-    def load_rule_state(self, state: dict[str, Any]) -> None:
-        if "loss_rng" in state:
-            self.loss_rng.bit_generator.state = state["loss_rng"]
-        if "loss_idx" in state:
-            self.loss_idx = state["loss_idx"].numpy().astype(np.int64)
-
-    @override
-    def bind_buffer(self, buffer: PreferenceBuffer) -> None:
-        self.buffer = buffer  # a resumed run's extra policy loss draws from the restored pairs at once
-
 
 class PBRL(PenaltyRule):
     """PBRL with the value or the Bellman penalty (see the module docstring)."""
 
     name = "pbrl"
+    config: PBRLConfig
 
     def __init__(self, config: PBRLConfig) -> None:
+        self.config = config
         super().__init__()
-        self.config: PBRLConfig = config
         self.separate_best_response = config.best_response == "separate"
-        self.states: torch.Tensor | None = None
-        self.mixed: tuple[Rollouts, Rollouts] | None = None
 
     @classmethod
     @override
-    def check_follower(cls, follower_name: str, params: dict[str, Any]) -> str | None:
-        mixed = params.get("penalty") == "bellman" and params.get("bellman_estimator") == "mixed"
-        if mixed and follower_name in SB3_FOLLOWERS:
-            return "upper.bellman_estimator=mixed needs a generative model (tabular followers only); use depth1"
-        return None
+    def requirements(cls, params: Any) -> Requirements:
+        req = dict(super().requirements(params))
+        if params is not None and params.penalty == "bellman" and params.bellman_estimator == "mixed":
+            req[Capability.GENERATIVE_MODEL] = "upper.bellman_estimator=mixed; use upper.bellman_estimator=depth1"
+        return req
 
     def lam(self) -> float:
         """λ_k of the current outer iteration."""
@@ -388,43 +142,42 @@ class PBRL(PenaltyRule):
         return self.config.beta if self.config.beta is not None else 1.0 / self.lam()
 
     @override
-    def before_update(self) -> dict[str, float]:
-        return {"upper/lambda": self.lam(), "upper/beta": self.policy_loss_coefficient()} | super().before_update()
+    def prepare(self, step: LeaderStep) -> tuple[PenaltyInputs | None, dict[str, float]]:
+        self.iteration = step.iteration
+        prepared, out = super().prepare(step)
+        return prepared, {"upper/lambda": self.lam(), "upper/beta": self.policy_loss_coefficient()} | out
 
     @override
-    def prepare_penalty(self) -> dict[str, float]:
-        c, batch, br, main = self.config, self.batch, self.best_response, self.follower
+    def penalty_samples(self, step: LeaderStep, batch: TrajectoryBatch) -> tuple[Any, dict[str, float]]:
+        c, br, main = self.config, self.best_response, self.follower
         if c.penalty == "value":
-            return {}
-        assert batch is not None and br is not None and main is not None and self.reward_model is not None
+            return None, {}
+        assert br is not None and main is not None and self.reward_model is not None
         starts = batch.obs[batch.episode_starts.astype(bool)]
         if c.bellman_estimator == "mixed":
             if len(starts) == 0:
                 raise ValueError("the follower batch holds no episode start; increase trainer.steps_per_iter")
-            obs0 = starts[self.rng.integers(len(starts), size=c.bellman_rollouts)]
-            first = main.action_dist(obs0).sample().cpu().numpy()
+            obs0 = starts[step.rng.integers(len(starts), size=c.bellman_rollouts)]
+            first = sample_actions(main.action_dist(obs0), 1, step.generator)[0].cpu().numpy()
             h = c.bellman_horizon
-            self.mixed = (br.rollouts_from(obs0, None, h, self.rng), br.rollouts_from(obs0, first, h, self.rng))
-            return {}
+            hat = br.follower.rollouts_from(obs0, None, h, step.rng)
+            return (hat, br.follower.rollouts_from(obs0, first, h, step.rng)), {}
         states = starts if c.bellman_states == "start" else batch.flat_obs()
         if len(states) > c.bellman_max_states:
-            states = states[self.rng.choice(len(states), c.bellman_max_states, replace=False)]
-        self.states = torch.as_tensor(states, device=self.reward_model.device)
-        return {"upper/bellman_states": float(len(states))}
+            states = states[step.rng.choice(len(states), c.bellman_max_states, replace=False)]
+        return torch.as_tensor(states, device=self.reward_model.device), {"upper/bellman_states": float(len(states))}
 
     @override
-    def penalty_surrogate(self) -> torch.Tensor:
+    def penalty_surrogate(self, inputs: PenaltyInputs) -> torch.Tensor:
         """``∇_φ`` of this is ``∇_φ p̂`` of the configured penalty and estimator."""
         c, model, br, main = self.config, self.reward_model, self.best_response, self.follower
         if c.penalty == "value":
-            return super().penalty_surrogate()
+            return super().penalty_surrogate(inputs)
         assert model is not None and br is not None and main is not None
         if c.bellman_estimator == "mixed":
-            assert self.mixed is not None
-            hat, mix = self.mixed
+            hat, mix = inputs.extra
             return rollout_return_surrogate(model, hat, self.gamma) - rollout_return_surrogate(model, mix, self.gamma)
-        assert self.states is not None
-        k = c.num_action_samples
+        k, states, g = c.num_action_samples, inputs.extra, inputs.generator
         return (
-            expected_policy_reward(model, br, self.states, k) - expected_policy_reward(model, main, self.states, k)
+            expected_policy_reward(model, br.follower, states, k, g) - expected_policy_reward(model, main, states, k, g)
         ).mean()

@@ -38,24 +38,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from typing_extensions import override
 
+from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.common import LeaderOptimConfig, PreferenceRule, Surrogate, pair_losses
-from bilevel_rl.upper.hpgd import (
-    follower_discount,
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.estimators import (
     grad_norm,
     implicit_weights,
     kept_pairs,
     live_temperature,
+    pair_losses,
     reward_scale,
+    rule_discount,
 )
+from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate
 
 
 @dataclass
@@ -75,16 +79,17 @@ class PPAConfig(LeaderOptimConfig):
         implicit_pairs: ``current`` (pairs queried this iteration, on-policy) or ``all``.
     """
 
+    name: str = "ppa"
     max_grad_norm: float | None = 1.0
     include_direct_term: bool = True
     damping: float = 1e-2
     cg_iters: int = 10
-    solver: str = "normal"
+    solver: Literal["normal", "damped"] = "normal"
     horizon: int = 200
     gamma: float | None = None
-    hessian: str = "full"
+    hessian: Literal["full", "paper_eq28"] = "full"
     baseline: bool = True
-    implicit_pairs: str = "current"
+    implicit_pairs: Literal["current", "all"] = "current"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,12 +100,6 @@ class PPAConfig(LeaderOptimConfig):
                 raise ValueError(f"upper.{key} must be > 0, got {getattr(self, key)}")
         if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"upper.gamma must be in [0, 1) or null, got {self.gamma}")
-        if self.solver not in ("normal", "damped"):
-            raise ValueError(f"upper.solver must be normal or damped, got {self.solver!r}")
-        if self.hessian not in ("full", "paper_eq28"):
-            raise ValueError(f"upper.hessian must be full or paper_eq28, got {self.hessian!r}")
-        if self.implicit_pairs not in ("current", "all"):
-            raise ValueError(f"upper.implicit_pairs must be current or all, got {self.implicit_pairs!r}")
 
 
 def graph_leaves(out: torch.Tensor) -> list[torch.Tensor]:
@@ -180,39 +179,55 @@ def episode_steps(batch: TrajectoryBatch, horizon: int, gamma: float, device: to
     )
 
 
+@dataclass
+class _HessianGraph:
+    """What one PPA update builds once on the follower batch and every minibatch reuses."""
+
+    params: list[torch.Tensor]
+    steps: _EpisodeSteps
+    value_grad: torch.Tensor  # ∇_θ of the DiCE surrogate, with its graph
+    score_dirs: tuple[torch.Tensor, torch.Tensor]  # (Σ_n u_n ∇lp_n, u) for JVPs
+
+    def hvp(self, vec: torch.Tensor) -> torch.Tensor:
+        """``H vec``."""
+        out = torch.autograd.grad(self.value_grad @ vec, self.params, retain_graph=True, allow_unused=True)
+        return _flat(out, self.params)
+
+
 class PPA(PreferenceRule):
     """PPA-BRL's IFT hypergradient with the corrected (DiCE) Hessian, damping and CG (module docstring)."""
 
     name = "ppa"
-    needs_temperature = True
 
     def __init__(self, config: PPAConfig) -> None:
         super().__init__()
         self.config: PPAConfig = config
         self.gamma = 0.0
-        self._params: list[torch.Tensor] = []
-        self._steps: _EpisodeSteps | None = None
-        self._value_grad: torch.Tensor | None = None  # ∇_θ of the DiCE surrogate, with its graph
-        self._score_dirs: tuple[torch.Tensor, torch.Tensor] | None = None  # (Σ_n u_n ∇lp_n, u) for JVPs
+
+    @classmethod
+    @override
+    def requirements(cls, params: Any) -> Requirements:
+        req = {
+            Capability.TEMPERATURE: "the follower's objective has an entropy term (PPA eq. 3 with entropy)",
+            Capability.PARAMETRIC_POLICY: "H and J are derivatives in the policy parameters",
+        }
+        if params is None or params.gamma is None:
+            req[Capability.GAMMA] = "upper.gamma=null; set upper.gamma"
+        return req
 
     @override
-    def attach(self, follower: Follower, reward_model: RewardModel) -> None:
-        super().attach(follower, reward_model)
+    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
+        super().attach(follower, reward_model, data)
         live_temperature(follower, self.name)
-        self.gamma = follower_discount(follower, self.config.gamma, self.name)
+        self.gamma = rule_discount(follower, self.config.gamma)
 
     @override
-    def before_update(self) -> dict[str, float]:
+    def prepare(self, step: LeaderStep) -> tuple[_HessianGraph, dict[str, float]]:
         """Build ``H``'s graph and the per-step score directions on the follower batch (once per update)."""
-        self._steps = self._value_grad = self._score_dirs = None
-        if self.warmup:
-            return {}
         assert self.follower is not None and self.reward_model is not None
-        if self.batch is None:
-            raise ValueError("upper=ppa needs the follower's on-policy batch (update(batch=...))")
         c, model = self.config, self.reward_model
         lam = live_temperature(self.follower, self.name)
-        steps = episode_steps(self.batch, c.horizon, self.gamma, model.device)
+        steps = episode_steps(step.on_policy_batch(self.name), c.horizon, self.gamma, model.device)
         dist = self.follower.action_dist(steps.obs, grad=True)
         lp = dist.log_prob(torch.as_tensor(steps.actions, device=model.device))
         params = [p for p in graph_leaves(lp) if p.requires_grad]
@@ -230,26 +245,19 @@ class PPA(PreferenceRule):
             magic = 1.0 + score_sum - score_sum.detach()  # drops the outer product (paper eq. 28)
         value = (steps.discount.to(lp.dtype) * cost * magic).sum() / steps.episodes
         grads = torch.autograd.grad(value, params, create_graph=True, allow_unused=True)
-        self._value_grad = _flat(grads, params)
         probe = torch.ones_like(lp, requires_grad=True)
         score_grads = torch.autograd.grad(lp, params, grad_outputs=probe, create_graph=True, allow_unused=True)
-        self._params, self._steps, self._score_dirs = params, steps, (_flat(score_grads, params), probe)
-        return {"upper/hessian_steps": float(len(lp)), "upper/hessian_episodes": float(steps.episodes)}
-
-    def _hvp(self, vec: torch.Tensor) -> torch.Tensor:
-        assert self._value_grad is not None
-        out = torch.autograd.grad(self._value_grad @ vec, self._params, retain_graph=True, allow_unused=True)
-        return _flat(out, self._params)
+        graph = _HessianGraph(params, steps, _flat(grads, params), (_flat(score_grads, params), probe))
+        return graph, {"upper/hessian_steps": float(len(lp)), "upper/hessian_episodes": float(steps.episodes)}
 
     @override
-    def surrogate(self, pairs: PreferencePairs) -> Surrogate:
+    def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: _HessianGraph) -> Surrogate:
         assert self.reward_model is not None and self.follower is not None
-        assert self._steps is not None and self._score_dirs is not None
-        model, c, steps = self.reward_model, self.config, self._steps
+        model, c, steps, graph = self.reward_model, self.config, prepared.steps, prepared
         bce, returns, labels = pair_losses(model, pairs)
         direct = bce.mean() if c.include_direct_term else bce.sum() * 0.0
         lam = live_temperature(self.follower, self.name)
-        keep = kept_pairs(pairs, c.implicit_pairs, self.iteration, model.device)
+        keep = kept_pairs(pairs, c.implicit_pairs, step.iteration, model.device)
         mask = torch.as_tensor(pairs.mask, device=model.device)
         w = (implicit_weights(bce, keep, c.baseline)[:, None, None] * mask).reshape(-1)
         active = w != 0
@@ -261,15 +269,15 @@ class PPA(PreferenceRule):
             obs = pairs.obs.reshape(-1, *pairs.obs.shape[3:])[idx]
             actions = torch.as_tensor(pairs.actions.reshape(-1, *pairs.actions.shape[3:])[idx], device=model.device)
             lp = self.follower.action_dist(obs, grad=True).log_prob(actions)
-            grads = torch.autograd.grad((w[active].to(lp.dtype) * lp).sum(), self._params, allow_unused=True)
-            g_u = _flat(grads, self._params)
+            grads = torch.autograd.grad((w[active].to(lp.dtype) * lp).sum(), graph.params, allow_unused=True)
+            g_u = _flat(grads, graph.params)
             if c.solver == "damped":
-                v, info = conjugate_gradient(lambda p: -self._hvp(p) + c.damping * p, g_u, c.cg_iters)
+                v, info = conjugate_gradient(lambda p: -graph.hvp(p) + c.damping * p, g_u, c.cg_iters)
             else:
-                normal = lambda p: self._hvp(self._hvp(p)) + c.damping**2 * p  # noqa: E731
-                v, info = conjugate_gradient(normal, -self._hvp(g_u), c.cg_iters)
+                normal = lambda p: graph.hvp(graph.hvp(p)) + c.damping**2 * p  # noqa: E731
+                v, info = conjugate_gradient(normal, -graph.hvp(g_u), c.cg_iters)
             # J v: per-step ∇ log π · v, summed causally, as weights on the follower's rewards
-            dirs, probe = self._score_dirs
+            dirs, probe = graph.score_dirs
             (jvp,) = torch.autograd.grad(dirs @ v, probe, retain_graph=True)
             coef = (steps.discount * steps.prefix(jvp.detach().to(steps.discount.dtype))) * (
                 reward_scale(model) / steps.episodes

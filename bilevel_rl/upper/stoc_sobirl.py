@@ -1,7 +1,7 @@
 """Stoc-SoBiRL: SoBiRL's hypergradient with STORM-type momentum (SoBiRL Algorithms 3 and 4, App. I).
 
 Each leader step ``k`` draws fresh samples ``D_k`` (a minibatch of pairs plus the estimator's action samples or
-rollouts, :meth:`SoBiRL.draw`), and with ``g(x; D)`` the SoBiRL estimate (eq. 99 or eq. 14, see
+rollouts, :meth:`~bilevel_rl.upper.score_term.ScoreTerm.draw`), and with ``g(x; D)`` the SoBiRL estimate (eq. 99 or eq. 14, see
 :mod:`bilevel_rl.upper.sobirl`) forms, eq. (81) (L251, L1593)::
 
     h_k = g(x_k; D_k) + (1 − η_k)(h_{k−1} − g(x_{k−1}; D_k)),         x_{k+1} = x_k − β_k h_k
@@ -34,20 +34,24 @@ stays bounded. Adam's own first moment then averages ``h_k`` further.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.func import functional_call
 from typing_extensions import override
 
+from bilevel_rl.capabilities import Requirements
 from bilevel_rl.data.segments import PreferencePairs
-from bilevel_rl.upper.common import Surrogate
-from bilevel_rl.upper.sobirl import SoBiRL, SoBiRLConfig, surrogate_loss
+from bilevel_rl.followers.base import Follower
+from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.preference_rule import PreferenceRule, Surrogate
+from bilevel_rl.upper.score_term import ScoreTerm, ScoreTermConfig, surrogate_loss
 
 
 @dataclass
-class StocSoBiRLConfig(SoBiRLConfig):
-    """Hyperparameters of Stoc-SoBiRL; the estimator settings are :class:`SoBiRLConfig`'s.
+class StocSoBiRLConfig(ScoreTermConfig):
+    """Hyperparameters of Stoc-SoBiRL; the estimator settings are :class:`ScoreTermConfig`'s.
 
     Attributes:
         eta: STORM weight ``η`` (the paper's ``μ``) in ``(0, 1]``; the floor of ``η_k`` under ``schedule=paper``.
@@ -55,16 +59,15 @@ class StocSoBiRLConfig(SoBiRLConfig):
         n_beta: ``n_β`` of eq. 93 (the paper needs an integer ``n_β ≥ 3``).
     """
 
+    name: str = "stoc_sobirl"
     eta: float = 15 / 16
-    schedule: str = "paper"
+    schedule: Literal["paper", "constant"] = "paper"
     n_beta: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.eta <= 1.0:
             raise ValueError(f"upper.eta must be in (0, 1], got {self.eta}")
-        if self.schedule not in ("paper", "constant"):
-            raise ValueError(f"upper.schedule must be paper or constant, got {self.schedule!r}")
         if int(self.n_beta) != self.n_beta or self.n_beta < 3:
             raise ValueError(f"upper.n_beta must be an integer >= 3 (SoBiRL eq. 93), got {self.n_beta}")
 
@@ -74,15 +77,17 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(torch.stack([(t.detach() ** 2).sum() for t in tensors]).sum()))
 
 
-class StocSoBiRL(SoBiRL):
-    """SoBiRL with the STORM momentum of Algorithm 4."""
+class StocSoBiRL(PreferenceRule):
+    """SoBiRL's score-term estimator with the STORM momentum of Algorithm 4."""
 
     name = "stoc_sobirl"
     config: StocSoBiRLConfig
 
     def __init__(self, config: StocSoBiRLConfig) -> None:
-        super().__init__(config)
-        self.step = 0  # leader steps k taken after the warm-up
+        super().__init__()
+        self.config = config
+        self.score = ScoreTerm(config)
+        self.steps_taken = 0  # leader steps k taken after the warm-up
         self.momentum: dict[str, torch.Tensor] | None = None  # h_{k-1}
         self.prev_params: dict[str, torch.Tensor] | None = None  # x_{k-1}
         self._pending: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
@@ -96,16 +101,26 @@ class StocSoBiRL(SoBiRL):
         eta = 1.0 if k == 1 else max(c.eta, 1.0 - (c.n_beta + k - 1) ** (-2 / 3))
         return beta, eta
 
+    @classmethod
     @override
-    def surrogate(self, pairs: PreferencePairs) -> Surrogate:
-        assert self.reward_model is not None and self.optimizer is not None
+    def requirements(cls, params: Any) -> Requirements:
+        return ScoreTerm.requirements(params)
+
+    @override
+    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
+        super().attach(follower, reward_model, data)
+        self.score.attach(follower, self.name)
+
+    @override
+    def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
+        assert self.reward_model is not None and self.optimizer is not None and self.follower is not None
         model = self.reward_model
         params = dict(model.named_parameters())
-        s = self.draw(pairs)
+        s = self.score.draw(pairs, step, self.follower, model)
         loss, returns, terms = surrogate_loss(model, s, self.config.baseline)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         g = {n: torch.zeros_like(p) if d is None else d for (n, p), d in zip(params.items(), grads, strict=True)}
-        beta, eta = self.schedule(self.step + 1)
+        beta, eta = self.schedule(self.steps_taken + 1)
         h = g
         if self.momentum is not None and self.prev_params is not None and eta < 1.0:
             prev = {n: t.detach().clone().requires_grad_(True) for n, t in self.prev_params.items()}
@@ -133,19 +148,19 @@ class StocSoBiRL(SoBiRL):
         return Surrogate(linear - linear.detach() + loss.detach(), returns.detach(), s.labels, terms)
 
     @override
-    def after_step(self) -> None:
-        if self.warmup or self._pending is None:
+    def after_step(self, step: LeaderStep) -> None:
+        if self._pending is None:
             return
         self.momentum, self.prev_params = self._pending
         self._pending = None
-        self.step += 1
+        self.steps_taken += 1
 
     @override
     def rule_state(self) -> dict[str, Any]:
-        return {"step": self.step, "momentum": self.momentum, "prev_params": self.prev_params}
+        return {"step": self.steps_taken, "momentum": self.momentum, "prev_params": self.prev_params}
 
     @override
     def load_rule_state(self, state: dict[str, Any]) -> None:
-        self.step = int(state.get("step", 0))
+        self.steps_taken = int(state.get("step", 0))
         self.momentum = state.get("momentum")
         self.prev_params = state.get("prev_params")
