@@ -44,7 +44,7 @@ class Capability(str, Enum):
 
 
 _DESCRIPTIONS = {
-    Capability.TEMPERATURE: "an entropy temperature > 0",
+    Capability.TEMPERATURE: "an entropy temperature > 0 (SAC alpha; PPO/A2C: follower.algo_kwargs.ent_coef > 0)",
     Capability.GAMMA: "a discount factor",
     Capability.ACTION_DIST: "its action distribution",
     Capability.PARAMETRIC_POLICY: "a policy differentiable in its parameters",

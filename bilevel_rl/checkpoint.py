@@ -192,7 +192,8 @@ def _verify(path: Path) -> None:
             legacy = False
         if legacy:
             raise LegacyCheckpointError(
-                path, "no manifest.json: written by an older bilevel_rl without a manifest, which this version cannot resume"
+                path,
+                "no manifest.json: written by an older bilevel_rl without a manifest, which this version cannot resume",
             )
         raise CorruptCheckpointError(path, "manifest.json is missing")
     try:

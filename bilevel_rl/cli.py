@@ -51,8 +51,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def _resume_args(args: list[str]) -> list[str]:
     """Overrides that make Hydra run a resume in the original directory without touching its files."""
-    from bilevel_rl.train import load_run_config, resolve_resume
     from bilevel_rl.config import validate
+    from bilevel_rl.train import load_run_config, resolve_resume
 
     resume = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint.resume_from=")]
     if not resume or resume[0] in ("", "null"):

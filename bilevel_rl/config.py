@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bilevel_rl.capabilities import CapabilityError, check_compatible
 from bilevel_rl.config_schema import OPTION_SCHEMAS, SECTIONS, RunConfig, register_schemas
+from bilevel_rl.schema import schema_fields
 
 
 def _config_dir() -> Path:
@@ -84,17 +85,18 @@ def hydra_error_line(exc: BaseException) -> str:
         if line.strip().startswith("full_key:"):
             full_key = line.split(":", 1)[1].strip()
     first = text.splitlines()[0] if text else type(exc).__name__
+    schema = text.split("object_type=", 1)[1].split()[0] if "object_type=" in text else ""
     if "not in" in first and full_key:
-        return f"{full_key}: unknown key{_suggest(full_key)}"
+        return f"{full_key}: unknown key{_suggest(full_key, schema)}"
     if first.startswith("Could not override"):
         key = first.split("'")[1] if "'" in first else first
         return f"{key}: unknown key{_suggest(key)}"
     return f"{full_key}: {first}" if full_key else first
 
 
-def _suggest(full_key: str) -> str:
+def _suggest(full_key: str, schema: str = "") -> str:
     section, _, key = full_key.rpartition(".")
-    known = _known_keys(section)
+    known = _known_keys(section) or schema_fields(schema)
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
 
@@ -106,7 +108,7 @@ def _known_keys(section: str) -> list[str]:
     return [f.name for f in fields(cls)] if cls is not None else []
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The composed config of ``bilevel-rl <overrides>`` (no run directory, no Hydra job).
 
     Raises:
@@ -121,7 +123,7 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides)
+            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
     except Exception as exc:  # noqa: BLE001 - Hydra raises several types, all reported as one line
         raise ConfigError(hydra_error_line(exc)) from None
     finally:

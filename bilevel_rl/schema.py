@@ -90,7 +90,15 @@ def _structured_type(tp: Any, name: str) -> Any:
         new = structured(inner)
     else:
         new = inner
-    return typing.Optional[new] if optional else new  # noqa: UP007 - OmegaConf reads typing.Optional
+    return typing.Optional[new] if optional else new  # noqa: UP007, UP045 - built at runtime from a type object
+
+
+def schema_fields(schema_name: str) -> list[str]:
+    """Field names of the registered schema class called ``schema_name`` (for "did you mean" hints)."""
+    for schema in _CACHE.values():
+        if schema.__name__ == schema_name:
+            return [f.name for f in dataclasses.fields(schema)]
+    return []
 
 
 def structured(cls: type) -> type:

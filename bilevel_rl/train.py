@@ -137,7 +137,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
     )
     meta = {"env_id": s.env.id, "follower": f.name, "upper": s.upper.name, "seed": seed}
     trainer = Trainer(
-        t, s.checkpoint, follower, reward_model, rule, objective, logger, run_dir, seed, meta, progress=bool(cfg.progress)
+        t,
+        s.checkpoint,
+        follower,
+        reward_model,
+        rule,
+        objective,
+        logger,
+        run_dir,
+        seed,
+        meta,
+        progress=bool(cfg.progress),
     )
     if state is not None:
         trainer.load_state_dict(state)

@@ -21,36 +21,34 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_module
 
+from bilevel_rl.config import compose
 from bilevel_rl.train import build_trainer
 
 
 def run(upper: str, args: argparse.Namespace) -> pd.DataFrame:
     n = args.steps_per_iter
-    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "exp=atari_cpu",
-                f"upper={upper}",
-                f"device={args.device}",
-                f"torch_threads={args.threads}",
-                f"trainer.total_steps={n * (args.iters + 1)}",
-                f"trainer.steps_per_iter={n}",
-                f"trainer.initial_steps={n}",
-                f"follower.algo_kwargs.learning_starts={n}",
-                f"trainer.eval_every={10**9}",
-                "trainer.eval_episodes=1",
-                "env.atari.eval_max_steps=10",
-                f"buffer.initial_pairs={args.pairs}",
-                f"buffer.pairs_per_iter={args.pairs}",
-                "buffer.warmup_epochs=1",
-                "buffer.epochs_per_iter=1",
-                "checkpoint.every=0",
-                "progress=false",
-            ],
-        )
+    cfg = compose(
+        [
+            "exp=atari_cpu",
+            f"upper={upper}",
+            f"device={args.device}",
+            f"torch_threads={args.threads}",
+            f"trainer.total_steps={n * (args.iters + 1)}",
+            f"trainer.steps_per_iter={n}",
+            f"trainer.initial_steps={n}",
+            f"follower.algo_kwargs.learning_starts={n}",
+            f"trainer.eval_every={10**9}",
+            "trainer.eval_episodes=1",
+            "env.atari.eval_max_steps=10",
+            f"buffer.initial_pairs={args.pairs}",
+            f"buffer.pairs_per_iter={args.pairs}",
+            "buffer.warmup_epochs=1",
+            "buffer.epochs_per_iter=1",
+            "checkpoint.every=0",
+            "progress=false",
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(cfg, Path(tmp))
         try:

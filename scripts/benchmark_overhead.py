@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
 
+from bilevel_rl.config import compose
 from bilevel_rl.train import build_trainer
 
 
@@ -43,22 +43,20 @@ def plain_sac(env_id: str, steps: int, seed: int, kwargs: dict) -> float:
 
 
 def bilevel(env_id: str, steps: int, seed: int, steps_per_iter: int) -> pd.DataFrame:
-    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "exp=quickstart",
-                f"env.id={env_id}",
-                f"seed={seed}",
-                f"trainer.total_steps={steps}",
-                f"trainer.steps_per_iter={steps_per_iter}",
-                f"trainer.initial_steps={steps_per_iter}",
-                f"trainer.eval_every={10**9}",
-                "trainer.eval_episodes=1",
-                "checkpoint.every=0",
-                "progress=false",
-            ],
-        )
+    cfg = compose(
+        [
+            "exp=quickstart",
+            f"env.id={env_id}",
+            f"seed={seed}",
+            f"trainer.total_steps={steps}",
+            f"trainer.steps_per_iter={steps_per_iter}",
+            f"trainer.initial_steps={steps_per_iter}",
+            f"trainer.eval_every={10**9}",
+            "trainer.eval_episodes=1",
+            "checkpoint.every=0",
+            "progress=false",
+        ],
+    )
     OmegaConf.set_struct(cfg, False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(cfg, Path(tmp))

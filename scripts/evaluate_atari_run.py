@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bilevel_rl.checkpoint import LATEST, latest_checkpoint
+from bilevel_rl.checkpoint import LATEST, CheckpointError, newest_intact_checkpoint
 from bilevel_rl.envs.atari import evaluate_atari, make_atari_eval_env
+from bilevel_rl.objectives.preferences import pearson
 from bilevel_rl.train import RUN_CONFIG, build_trainer
-from bilevel_rl.trainer import pearson
 
 
 def main() -> None:
@@ -45,9 +45,10 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="play uniformly random actions instead")
     args = parser.parse_args()
 
-    ckpt = latest_checkpoint(args.run_dir)
-    if ckpt is None:
-        raise SystemExit(f"{args.run_dir}: no checkpoint")
+    try:
+        ckpt, _ = newest_intact_checkpoint(args.run_dir)
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from None
     cfg = OmegaConf.load(args.run_dir / RUN_CONFIG)
     with tempfile.TemporaryDirectory() as tmp:  # build the run from a copy: the logger writes into its run dir
         shutil.copytree(ckpt, Path(tmp) / "checkpoints" / ckpt.name)

@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bilevel_rl.tabular.hessian_free import (
-    HessianFreeConfig,
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, random_mdp
+from bilevel_rl.tabular.repro.hessian_free import (
     QuadraticBilevel,
+    TabularHessianFreeConfig,
     TabularRewardShaping,
     reward_direction,
     run_hessian_free,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, random_mdp
 
 
 def digest_numpy_snippet(sign: float, sigma=0.05, T=400, K=200, eta=0.02, tau1=2.0) -> tuple[float, float]:
@@ -67,7 +67,7 @@ def danskin_rows(prob: TabularRewardShaping, sigmas: list[float]) -> list[dict]:
             fd.view(-1)[i] = (prob.proxy_objective(phi + e, sigma) - prob.proxy_objective(phi - e, sigma)) / 2e-6
         rel = {}
         for sign in ("eq11", "printed"):
-            d = reward_direction(prob, phi, lam, lam_s, HessianFreeConfig(sigma=sigma, sign=sign))
+            d = reward_direction(prob, phi, lam, lam_s, TabularHessianFreeConfig(sigma=sigma, sign=sign))
             rel[sign] = float((d - fd).norm() / fd.norm())
         hg = prob.hypergradient(phi)
         rows.append({"sigma": sigma, **rel, "proxy_vs_hyper": float((fd - hg).norm() / hg.norm())})
@@ -102,14 +102,14 @@ def main() -> None:
     # 2. quadratic toy
     quad = QuadraticBilevel.digest_instance()
     qcfg = {"sigma": 0.05, "eta": 0.02, "tau1": 2.0, "inner_steps": 200, "outer_steps": 400, "log_every": 10}
-    quad_runs = {s: run_hessian_free(quad, HessianFreeConfig(**qcfg, sign=s)) for s in ("eq11", "printed")}
+    quad_runs = {s: run_hessian_free(quad, TabularHessianFreeConfig(**qcfg, sign=s)) for s in ("eq11", "printed")}
     snippet = {s: digest_numpy_snippet(v) for s, v in (("eq11", 1.0), ("printed", -1.0))}
     for s, r in quad_runs.items():
         frames.append(pd.DataFrame(r.rows).assign(problem="quadratic", sign=s))
 
     # 3. tabular reward shaping
     tcfg = {"sigma": 0.05, "eta": 0.1, "tau1": 0.3, "inner_steps": 200, "outer_steps": 100, "log_every": 5}
-    tab_runs = {s: run_hessian_free(prob, HessianFreeConfig(**tcfg, sign=s)) for s in ("eq11", "printed")}
+    tab_runs = {s: run_hessian_free(prob, TabularHessianFreeConfig(**tcfg, sign=s)) for s in ("eq11", "printed")}
     for s, r in tab_runs.items():
         frames.append(pd.DataFrame(r.rows).assign(problem="tabular", sign=s))
     x = torch.zeros(5, 3, dtype=DTYPE)

@@ -31,18 +31,18 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bilevel_rl.tabular.amd import AMDConfig, run_amd  # noqa: E402
-from bilevel_rl.tabular.four_rooms import CONTEXTS, FourRoomsConfig  # noqa: E402
-from bilevel_rl.tabular.hpgd import (  # noqa: E402
-    HPGDConfig,
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, exact_hypergradient  # noqa: E402
+from bilevel_rl.tabular.repro.amd import AMDConfig, run_amd  # noqa: E402
+from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRoomsConfig  # noqa: E402
+from bilevel_rl.tabular.repro.hpgd import (  # noqa: E402
     RunResult,
+    TabularHPGDConfig,
     WarmSoftSolver,
     hpgd_gradient_fn,
     make_env,
     run_hpgd,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient  # noqa: E402
-from bilevel_rl.tabular.zero_order import ZeroOrderConfig, run_zero_order  # noqa: E402
+from bilevel_rl.tabular.repro.zero_order import ZeroOrderConfig, run_zero_order  # noqa: E402
 
 METHODS = ("HPGD", "AMD", "Zero-Order")
 ALL_CELLS = [(lam, beta) for lam in (0.001, 0.003, 0.005) for beta in (1.0, 3.0, 5.0)]
@@ -90,7 +90,7 @@ def run_job(job: dict) -> dict:
     envc = env_config(job["convention"])
     result: RunResult
     if job["method"] == "HPGD":
-        cfg = HPGDConfig(**common, steps_per_gradient=job["hpgd_steps"], estimator=job["estimator"])
+        cfg = TabularHPGDConfig(**common, steps_per_gradient=job["hpgd_steps"], estimator=job["estimator"])
         result = run_hpgd(cfg, job["seed"], envc)
     elif job["method"] == "AMD":
         result = run_amd(AMDConfig(**common), job["seed"], envc)
@@ -153,17 +153,17 @@ def estimator_check(args: argparse.Namespace, reps: int = 8) -> list[str]:
     ]
     free = []
     for lam in lams:
-        env = make_env(HPGDConfig(lam=lam), env_config(args.convention))
+        env = make_env(TabularHPGDConfig(lam=lam), env_config(args.convention))
         x_free = torch.zeros(env.x_dim, dtype=DTYPE)
         x_free[-1] = 40.0  # the whole budget on the unused logit: r̃ ≈ 0, no cost
         free.append(f"λ = {lam:g}: {WarmSoftSolver(env, lam).objective(x_free):.3f}")
     for lam in lams:
         row_cfgs = {
-            e: HPGDConfig(lam=lam, beta=1.0, estimator=e, steps_per_gradient=args.hpgd_steps)
+            e: TabularHPGDConfig(lam=lam, beta=1.0, estimator=e, steps_per_gradient=args.hpgd_steps)
             for e in ("pooled", "alg5")
         }
         env = make_env(row_cfgs["pooled"], env_config(args.convention))
-        x = torch.from_numpy(0.01 * np.random.default_rng(0).standard_normal(env.x_dim)).to(DTYPE)
+        x = 0.01 * torch.randn(env.x_dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
         for xi in CONTEXTS:
             exact, _ = exact_hypergradient(
                 x,
@@ -173,7 +173,7 @@ def estimator_check(args: argparse.Namespace, reps: int = 8) -> list[str]:
             )
             cells = [f"{lam:g}", str(xi), f"{float(exact.norm()):.3g}"]
             for cfg in row_cfgs.values():
-                grad = hpgd_gradient_fn(env, cfg, np.random.default_rng(1))
+                grad = hpgd_gradient_fn(env, cfg, torch.Generator().manual_seed(1))
                 ests = [grad(x, xi, 0)[0] for _ in range(reps)]
                 cos = [float(e @ exact / (e.norm() * exact.norm())) for e in ests]
                 ratio = float(np.mean([float(e.norm() / exact.norm()) for e in ests]))
@@ -222,8 +222,8 @@ def write_report(args: argparse.Namespace, runs: list[dict], jobs: list[dict], w
         " (paper: best of {1.0, 0.5, 0.1, 0.05, 0.01} per algorithm and C from {0.1, 0.5, 1.0, 2.0, 5.0}). With several"
         " values, the best mean metric per cell and method is reported, as in the authors' notebook.",
         f"- Metric: ξ-averaged exact leader value from S under the exact follower best response, averaged over the last"
-        f" {HPGDConfig().metric_fraction:.0%} of the outer iterations (the authors: last 1,000 of 10,000); mean ± SE"
-        " (std/√n) over seeds.",
+        f" {TabularHPGDConfig().metric_fraction:.0%} of the outer iterations (the authors: last 1,000 of 10,000);"
+        " mean ± SE (std/√n) over seeds.",
         f"- Environment conventions: `{args.convention}` (see Deviations).",
         "",
         "## CPU time per method",

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from bilevel_rl.tabular.msobirl import J3Config, MSoBiRLConfig, RunLog, make_j3_problem, run_msobirl
-from bilevel_rl.tabular.stoc_sobirl import StocSoBiRLConfig, j3_trajectory_objective, run_stoc_sobirl
+from bilevel_rl.tabular.repro.msobirl import J3Config, MSoBiRLConfig, RunLog, make_j3_problem, run_msobirl
+from bilevel_rl.tabular.repro.stoc_sobirl import TabularStocSoBiRLConfig, j3_trajectory_objective, run_stoc_sobirl
 
 CHECKPOINTS = (1, 10, 100, 300, 1000, 3000)
 
@@ -110,8 +110,8 @@ def main() -> None:
     objective = j3_trajectory_objective(problem)
 
     ms_cfg = MSoBiRLConfig(iterations=args.msobirl_iters, seed=args.seed)
-    stoc_cfg = StocSoBiRLConfig(iterations=args.stoc_iters, num_tuples=args.stoc_tuples, seed=args.seed)
-    configs: dict[str, MSoBiRLConfig | StocSoBiRLConfig] = {"msobirl": ms_cfg, "stoc": stoc_cfg}
+    stoc_cfg = TabularStocSoBiRLConfig(iterations=args.stoc_iters, num_tuples=args.stoc_tuples, seed=args.seed)
+    configs: dict[str, MSoBiRLConfig | TabularStocSoBiRLConfig] = {"msobirl": ms_cfg, "stoc": stoc_cfg}
     labels = {"msobirl": "M-SoBiRL", "stoc": "Stoc-SoBiRL", "stoc_nomom": "Stoc-SoBiRL, no momentum"}
 
     runs: dict[str, RunLog] = {}
@@ -123,7 +123,7 @@ def main() -> None:
     )
     print(f"Stoc-SoBiRL: {cpu['stoc']:.1f} s CPU", flush=True)
     if not args.no_ablation:
-        nomom_cfg = StocSoBiRLConfig(
+        nomom_cfg = TabularStocSoBiRLConfig(
             iterations=args.stoc_iters, num_tuples=args.stoc_tuples, seed=args.seed, momentum=False
         )
         configs["stoc_nomom"] = nomom_cfg

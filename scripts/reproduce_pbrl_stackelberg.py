@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from bilevel_rl.tabular.pbrl import PBRLConfig, hypergradient_descent, lbfgs_reference, run_pbrl  # noqa: E402
-from bilevel_rl.tabular.soft_mdp import DTYPE  # noqa: E402
-from bilevel_rl.tabular.stackelberg import (  # noqa: E402
+from bilevel_rl.tabular.core.soft_mdp import DTYPE  # noqa: E402
+from bilevel_rl.tabular.repro.pbrl import TabularPBRLConfig, hypergradient_descent, lbfgs_reference, run_pbrl  # noqa: E402
+from bilevel_rl.tabular.repro.stackelberg import (  # noqa: E402
     GameBatch,
     best_response,
     hyper_objective,
@@ -55,7 +55,7 @@ def fig1(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     for i, method in enumerate(METHODS):
         per_iter = ROLLOUTS_PER_ITER[method] * 16 * 5
         log_every = max(1, int(args.budget) // (args.points * per_iter))
-        cfg = PBRLConfig.paper(
+        cfg = TabularPBRLConfig.paper(
             method, iterations=10**12, env_step_budget=int(args.budget), log_every=log_every, seed=args.seed + i
         )
         t0 = time.process_time()
@@ -94,7 +94,7 @@ def penalty_path(game, method: str, args: argparse.Namespace) -> list[dict]:
     for lam in args.lams:
         total = 0
         for _ in range(args.lam_chunks):
-            cfg = PBRLConfig(
+            cfg = TabularPBRLConfig(
                 method=method,
                 lam=lam,
                 estimator="exact",

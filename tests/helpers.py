@@ -1,4 +1,4 @@
-"""Shared helpers for subprocess CLI tests."""
+"""Shared helpers: subprocess CLI runs, metrics, and leader steps."""
 
 import math
 import os
@@ -66,3 +66,12 @@ def finite_after_warmup(run_dir, columns):
         assert col in df.columns, col
         assert later[col].map(math.isfinite).all(), (col, later[col].tolist())
     return later
+
+
+def leader_step(data, epochs, rng, batch=None, iteration=0, seed=0):
+    """A LeaderStep as the trainer builds it (the leader's torch generator seeded with ``seed``)."""
+    import torch
+
+    from bilevel_rl.upper.base import LeaderStep
+
+    return LeaderStep(data, batch, iteration, epochs, rng, torch.Generator().manual_seed(seed))

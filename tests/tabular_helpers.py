@@ -3,7 +3,7 @@
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, random_mdp
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP, random_mdp
 
 
 def compare(est, exact):

@@ -16,8 +16,8 @@ from bilevel_rl.followers.atari_policies import (
     a2c_pbrl_policy_kwargs,
     resolve_policy_kwargs,
 )
+from bilevel_rl.objectives.preferences import bradley_terry_loss
 from bilevel_rl.reward_models.cnn import AtariCNNRewardModel, make_cnn_reward_model
-from bilevel_rl.upper.base import bradley_terry_loss
 
 torch.set_num_threads(1)
 

@@ -8,10 +8,9 @@ from bilevel_rl.train import build_trainer
 
 
 def _config(overrides):
-    from hydra import compose, initialize_config_module
+    from bilevel_rl.config import compose
 
-    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     OmegaConf.set_struct(cfg, False)
     return cfg
 

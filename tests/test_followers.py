@@ -1,11 +1,26 @@
 """Followers: relabelling with the current reward model, the learned-reward wrapper, the recorder."""
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from bilevel_rl.followers.sb3 import SB3Follower
+from bilevel_rl.capabilities import Capability
+from bilevel_rl.followers import (
+    FOLLOWERS,
+    A2CFollower,
+    DiscreteSACFollower,
+    OffPolicyFollower,
+    OnPolicyFollower,
+    PPOFollower,
+    SACFollower,
+    check_algo_kwargs,
+    follower_class,
+    make_follower,
+)
+from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.mlp import MLPRewardModel
 
 
@@ -13,9 +28,12 @@ def _follower(algo, env_id="Pendulum-v1", **kw):
     algo_kwargs = {"policy_kwargs": {"net_arch": [32, 32]}}
     if algo == "sac":
         algo_kwargs.update(learning_starts=100, batch_size=32)
+    if algo == "dsac":
+        algo_kwargs.update(learning_starts=50, batch_size=32, train_freq=1, target_update_interval=50, buffer_size=2000)
     if algo == "ppo":
         algo_kwargs.update(n_steps=64, batch_size=32)
-    f = SB3Follower(algo, env_id, n_envs=2, seed=0, algo_kwargs=algo_kwargs, record_steps=300, **kw)
+    algo_kwargs.update(kw.pop("algo_kwargs", {}))
+    f = make_follower(algo, env_id, n_envs=2, seed=0, algo_kwargs=algo_kwargs, record_steps=300, **kw)
     rm = MLPRewardModel(f.observation_space, f.action_space, hidden_sizes=(16,))
     f.set_reward_model(rm)
     return f, rm
@@ -98,7 +116,7 @@ def test_recorder_true_rewards_match_monitor_episode_returns():
 
 def test_sac_refuses_discrete_actions():
     with pytest.raises(ValueError, match="follower=sac"):
-        SB3Follower("sac", "CartPole-v1", 1, 0, {})
+        make_follower("sac", "CartPole-v1", 1, 0, {})
 
 
 def test_temperature_and_action_dist():
@@ -184,3 +202,188 @@ def test_on_policy_follower_keeps_its_initial_policy_until_learning_starts(algo)
     assert f.num_timesteps >= 128 and unchanged()
     f.learn(256)
     assert not unchanged()
+
+
+# ---------------------------------------------------------------------------------------------- classes and registry
+SB3_CAPS = {
+    Capability.GAMMA,
+    Capability.ACTION_DIST,
+    Capability.PARAMETRIC_POLICY,
+    Capability.EXTRA_POLICY_LOSS,
+    Capability.SPAWN,
+    Capability.TRUE_REWARD,
+    Capability.VIDEO,
+}
+
+
+def test_registry_maps_names_to_classes():
+    assert {"sac": SACFollower, "dsac": DiscreteSACFollower, "ppo": PPOFollower, "a2c": A2CFollower} == FOLLOWERS
+    assert issubclass(SACFollower, OffPolicyFollower) and issubclass(DiscreteSACFollower, OffPolicyFollower)
+    assert issubclass(PPOFollower, OnPolicyFollower) and issubclass(A2CFollower, OnPolicyFollower)
+    assert all(cls.name == name for name, cls in FOLLOWERS.items())
+    with pytest.raises(ValueError, match=r"^follower.name: unknown follower 'td3' \(choose sac, dsac, ppo, a2c\)$"):
+        follower_class("td3")
+    with pytest.raises(ValueError, match="unknown follower"):
+        make_follower("td3", "Pendulum-v1", 1, 0, {})
+
+
+@pytest.mark.parametrize("name", ["sac", "dsac"])
+def test_sac_followers_declare_a_temperature(name):
+    for params in (None, {"name": name, "algo_kwargs": {}}, {"name": name, "algo_kwargs": {"ent_coef": "auto_0.1"}}):
+        assert follower_class(name).declared_capabilities(params) == frozenset(SB3_CAPS | {Capability.TEMPERATURE})
+    fixed = {"name": name, "algo_kwargs": {"ent_coef": 0.2}}
+    assert Capability.TEMPERATURE in follower_class(name).declared_capabilities(fixed)
+    # a fixed temperature of 0 is no entropy regularisation at all
+    assert follower_class(name).declared_capabilities({"algo_kwargs": {"ent_coef": 0.0}}) == SB3_CAPS
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c"])
+def test_on_policy_followers_declare_a_temperature_only_with_an_entropy_bonus(name):
+    cls = follower_class(name)
+    assert cls.declared_capabilities(None) == SB3_CAPS  # SB3's default ent_coef is 0
+    assert cls.declared_capabilities({"name": name, "algo_kwargs": {"ent_coef": 0.0}}) == SB3_CAPS
+    assert Capability.TEMPERATURE not in cls.declared_capabilities({"name": name, "algo_kwargs": {}})
+    with_bonus = cls.declared_capabilities({"name": name, "algo_kwargs": {"ent_coef": 0.01}})
+    assert with_bonus == frozenset(SB3_CAPS | {Capability.TEMPERATURE})
+    assert Capability.GENERATIVE_MODEL not in with_bonus
+
+
+def test_live_capabilities_follow_the_entropy_coefficient():
+    f, _ = _follower("ppo", algo_kwargs={"ent_coef": 0.01})
+    assert f.capabilities == frozenset(SB3_CAPS | {Capability.TEMPERATURE})
+    assert f.config_params["algo_kwargs"]["ent_coef"] == 0.01 and f.config_params["name"] == "ppo"
+    f.model.ent_coef = 0.0
+    assert f.capabilities == SB3_CAPS and f.temperature == 0.0
+    g, _ = _follower("a2c")
+    assert Capability.TEMPERATURE not in g.capabilities
+    h, _ = _follower("sac")
+    assert h.capabilities == frozenset(SB3_CAPS | {Capability.TEMPERATURE}) == type(h).declared_capabilities(None)
+
+
+@pytest.mark.parametrize(("name", "env_id"), [("sac", "Pendulum-v1"), ("dsac", "CartPole-v1"), ("ppo", "Pendulum-v1")])
+def test_gamma_is_the_sb3_models_discount(name, env_id):
+    f, _ = _follower(name, env_id=env_id, algo_kwargs={"gamma": 0.95})
+    assert f.gamma == pytest.approx(0.95) and f.gamma == f.model.gamma
+    with pytest.raises(NotImplementedError, match="no discount factor"):
+        Follower.gamma.fget(f)  # the base has none
+
+
+def test_action_space_problems_are_one_line():
+    box, discrete = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)
+    assert SACFollower.action_space_problem(box) is None
+    assert "continuous (Box)" in SACFollower.action_space_problem(discrete)
+    assert DiscreteSACFollower.action_space_problem(discrete) is None
+    assert "Discrete" in DiscreteSACFollower.action_space_problem(box)
+    assert PPOFollower.action_space_problem(box) is None and A2CFollower.action_space_problem(discrete) is None
+    with pytest.raises(ValueError, match=r"follower=dsac: env.id=Pendulum-v1 has action space"):
+        make_follower("dsac", "Pendulum-v1", 1, 0, {})
+
+
+# ---------------------------------------------------------------------------------------------- algo_kwargs checks
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("sac", {"batch_size": 0}, r"^follower\.algo_kwargs\.batch_size: must be an integer >= 1, got 0$"),
+        ("ppo", {"batch_size": 0}, r"^follower\.algo_kwargs\.batch_size: must be an integer >= 1"),
+        ("sac", {"batch_size": 1.5}, r"^follower\.algo_kwargs\.batch_size: must be an integer"),
+        ("sac", {"buffer_size": 0}, r"^follower\.algo_kwargs\.buffer_size: must be an integer >= 1"),
+        ("dsac", {"buffer_size": 0}, r"^follower\.algo_kwargs\.buffer_size:"),
+        ("sac", {"gamma": -1}, r"^follower\.algo_kwargs\.gamma: must be a number in \(0, 1\], got -1$"),
+        ("ppo", {"gamma": 1.5}, r"^follower\.algo_kwargs\.gamma: must be a number in \(0, 1\], got 1.5$"),
+        ("sac", {"gamma": 1.5}, r"^follower\.algo_kwargs\.gamma:"),
+        ("ppo", {"gamma": -1}, r"^follower\.algo_kwargs\.gamma:"),
+        ("sac", {"learning_starts": -1}, r"^follower\.algo_kwargs\.learning_starts: must be an integer >= 0"),
+        ("sac", {"tau": 0.0}, r"^follower\.algo_kwargs\.tau:"),
+        ("sac", {"train_freq": 0}, r"^follower\.algo_kwargs\.train_freq:"),
+        ("sac", {"gradient_steps": 0}, r"^follower\.algo_kwargs\.gradient_steps:"),
+        ("dsac", {"target_update_interval": 0}, r"^follower\.algo_kwargs\.target_update_interval:"),
+        ("ppo", {"n_steps": 0}, r"^follower\.algo_kwargs\.n_steps:"),
+        ("ppo", {"n_epochs": 0}, r"^follower\.algo_kwargs\.n_epochs:"),
+        ("ppo", {"gae_lambda": 1.1}, r"^follower\.algo_kwargs\.gae_lambda: must be a number in \[0, 1\]"),
+        ("ppo", {"clip_range": 0}, r"^follower\.algo_kwargs\.clip_range: must be a number > 0"),
+        ("a2c", {"max_grad_norm": 0}, r"^follower\.algo_kwargs\.max_grad_norm:"),
+        ("a2c", {"vf_coef": -0.5}, r"^follower\.algo_kwargs\.vf_coef:"),
+        ("ppo", {"ent_coef": -0.1}, r"^follower\.algo_kwargs\.ent_coef: PPO takes a number >= 0, got -0.1$"),
+        ("ppo", {"ent_coef": "auto"}, r"^follower\.algo_kwargs\.ent_coef: PPO takes a number >= 0"),
+        ("sac", {"ent_coef": "auto_0"}, r"^follower\.algo_kwargs\.ent_coef: SAC takes"),
+        ("sac", {"ent_coef": "learned"}, r"^follower\.algo_kwargs\.ent_coef: SAC takes"),
+        (
+            "sac",
+            {"batchsize": 64},
+            r"^follower\.algo_kwargs\.batchsize: not an argument of SAC \(did you mean batch_size\?\)$",
+        ),
+        ("ppo", {"n_step": 64}, r"^follower\.algo_kwargs\.n_step: not an argument of PPO \(did you mean n_steps\?\)$"),
+        ("ppo", {"learning_starts": 100}, r"^follower\.algo_kwargs\.learning_starts: not an argument of PPO"),
+        ("a2c", {"zzz": 1}, r"^follower\.algo_kwargs\.zzz: not an argument of A2C$"),
+        (
+            "sac",
+            {"learning_rate": 1e-3},
+            r"^follower\.algo_kwargs\.learning_rate: cannot be given .*follower.learning_rate",
+        ),
+        ("ppo", {"seed": 1}, r"^follower\.algo_kwargs\.seed: cannot be given"),
+    ],
+)
+def test_check_algo_kwargs_refuses_bad_keys_and_values(name, kwargs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        check_algo_kwargs(name, kwargs)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("sac", {"batch_size": 64, "gamma": 1.0, "tau": 0.005, "ent_coef": "auto_1.0", "train_freq": [1, "episode"]}),
+        ("sac", {"gradient_steps": -1, "learning_starts": 0, "ent_coef": 0.0, "buffer_size": np.int64(10)}),
+        ("dsac", {"ent_coef": "auto", "target_entropy_scale": 0.89, "target_update_interval": 8000}),
+        ("ppo", {"n_steps": 2048, "batch_size": 64, "gae_lambda": 0.0, "ent_coef": 0.01, "clip_range": 0.2}),
+        ("a2c", {"n_steps": 5, "vf_coef": 0.0, "max_grad_norm": 0.5, "policy_kwargs": {"net_arch": [64]}}),
+    ],
+)
+def test_check_algo_kwargs_accepts_valid_configs(name, kwargs):
+    check_algo_kwargs(name, kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize(
+    ("name", "env_id"),
+    [("sac", "Pendulum-v1"), ("dsac", "CartPole-v1"), ("ppo", "Pendulum-v1"), ("a2c", "CartPole-v1")],
+)
+def test_state_dict_is_self_contained_and_resumes_exactly(name, env_id):
+    """One nested dict, pickled as it is, restores a fresh follower that then continues exactly as the original."""
+    torch.manual_seed(0)
+    f, rm = _follower(name, env_id=env_id)
+    f.learn(192)
+    state = pickle.loads(pickle.dumps(f.state_dict()))
+    assert state["name"] == name and isinstance(state["params"], dict)
+    g, _ = _follower(name, env_id=env_id)
+    g.set_reward_model(rm)
+    g.load_state_dict(state)
+    assert g.num_timesteps == f.num_timesteps >= 192
+    for follower in (f, g):
+        np.random.seed(3)
+        torch.manual_seed(3)
+        follower.learn(192)
+    for p, q in zip(f.model.policy.parameters(), g.model.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    np.testing.assert_array_equal(f.collect(96).obs, g.collect(96).obs)
+    assert f.temperature == g.temperature
+    other = "ppo" if name != "ppo" else "a2c"
+    h, _ = _follower(other, env_id=env_id)
+    with pytest.raises(ValueError, match=f"checkpoint follower is {name!r}"):
+        h.load_state_dict(state)
+
+
+def test_spawn_keeps_the_class():
+    f, _ = _follower("a2c", learning_starts=64)
+    g = f.spawn(seed=3)
+    assert type(g) is A2CFollower and g.model.learning_starts == 64 and g.seed == 3
+
+
+def test_evaluate_and_record_video_on_the_true_reward():
+    pytest.importorskip("pygame")
+    f, _ = _follower("a2c", env_id="CartPole-v1")
+    assert Capability.VIDEO in f.capabilities
+    frames = f.record_video(seed=0, max_steps=3)
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and 2 <= len(frames) <= 4
+    metrics = f.evaluate(2, seed=0)
+    assert metrics == f.evaluate(2, seed=0) and metrics["eval/episode_length"] >= 1

@@ -8,15 +8,14 @@ from bilevel_rl.data.segments import make_pairs, stack_pairs
 from bilevel_rl.data.teachers import OracleTeacher
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import TransitionRecorder
+from bilevel_rl.objectives.preferences import preference_accuracy
 from bilevel_rl.train import build_trainer
-from bilevel_rl.upper.base import preference_accuracy
 
 
 def _config(**overrides):
-    from hydra import compose, initialize_config_module
+    from bilevel_rl.config import compose
 
-    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
-        cfg = compose("config", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    cfg = compose([f"{k}={v}" for k, v in overrides.items()])
     OmegaConf.set_struct(cfg, False)
     return cfg
 

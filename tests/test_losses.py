@@ -7,9 +7,11 @@ import torch
 
 from bilevel_rl.data.preference_buffer import PreferenceBuffer
 from bilevel_rl.data.segments import PreferencePairs
+from bilevel_rl.objectives.preferences import bradley_terry_loss, preference_accuracy
 from bilevel_rl.reward_models.mlp import MLPRewardModel
-from bilevel_rl.upper.base import bradley_terry_loss, make_rule, preference_accuracy
+from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHFConfig
+from tests.helpers import leader_step
 
 
 def test_bradley_terry_loss_matches_hand_computation():
@@ -51,8 +53,8 @@ def test_drlhf_learns_a_linear_reward():
     buf.add(_linear_reward_pairs(500, rng))
     held_out = _linear_reward_pairs(300, rng)
     before = preference_accuracy(model, held_out)
-    first = rule.update(buf, 1, rng)
-    last = rule.update(buf, 30, rng)
+    first = rule.update(leader_step(buf, 1, rng))
+    last = rule.update(leader_step(buf, 30, rng))
     after = preference_accuracy(model, held_out)
     assert last["upper/loss"] < 0.5 * first["upper/loss"]
     assert after >= 0.95 > before + 0.2

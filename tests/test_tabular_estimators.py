@@ -11,37 +11,40 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bilevel_rl.tabular.estimators import (
+from bilevel_rl.tabular.checks import (
     BradleyTerryLoss,
-    CategoricalTable,
     CriticVJPConfig,
-    HPGDConfig,
+    HPGDEstimatorConfig,
     PracticalSoBiRLConfig,
-    RolloutConfig,
-    SoBiRLConfig,
+    SoBiRLEstimatorConfig,
     UtilityLoss,
     advantage_gradient_visits,
     decomposable_objective,
-    enumerate_trajectories,
     expected_trajectory_loss,
-    gradient_return_visits,
     hpgd_critic_vjp_estimate,
     hpgd_decomposable_estimate,
     hpgd_decomposable_exact,
     hpgd_estimate,
     leader_values,
-    occupancy,
-    reward_vjp,
-    rollout,
-    sample_geometric,
     sobirl_estimate,
     sobirl_exact,
     sobirl_practical_estimate,
     sobirl_practical_exact,
+)
+from bilevel_rl.tabular.core import (
+    CategoricalTable,
+    RolloutConfig,
+    Simulator,
+    enumerate_trajectories,
+    gradient_return_visits,
+    occupancy,
+    reward_vjp,
+    rollout,
+    sample_geometric,
     state_action_resolvent,
     state_resolvent,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, policy_evaluation, solve_soft
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, exact_hypergradient, policy_evaluation, solve_soft
 from tests.tabular_helpers import assert_matches, compare, gen, problem
 
 
@@ -158,7 +161,7 @@ def test_sobirl_estimator_mean_matches_exact_hypergradient_rlhf():
     # measured: cosine 0.99999, relative error 0.003
     mdp, reward_fn, x, loss, upper_fn = sobirl_problem()
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
-    cfg = SoBiRLConfig(150_000, 1, RolloutConfig(geometric=True), leave_one_out_baseline=True)
+    cfg = SoBiRLEstimatorConfig(150_000, 1, RolloutConfig(geometric=True), leave_one_out_baseline=True)
     est = sobirl_estimate(x, reward_fn, sol.pi, mdp, loss, cfg, gen(10))
     print("sobirl rlhf", compare(est.grad, hg))
     assert_matches(est.grad, hg)
@@ -170,7 +173,7 @@ def test_sobirl_estimator_mean_matches_exact_hypergradient_reward_shaping():
     # measured: cosine 0.99996, relative error 0.019
     mdp, reward_fn, x, loss, upper_fn = sobirl_problem(**STICKY_SHAPING)
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
-    cfg = SoBiRLConfig(num_tuples=300_000, rollout=RolloutConfig(geometric=True))
+    cfg = SoBiRLEstimatorConfig(num_tuples=300_000, rollout=RolloutConfig(geometric=True))
     est = sobirl_estimate(x, reward_fn, sol.pi, mdp, loss, cfg, gen(11))
     print("sobirl shaping", compare(est.grad, hg))
     assert_matches(est.grad, hg)
@@ -183,7 +186,7 @@ def test_sobirl_estimator_off_optimum_matches_plug_in_eq14():
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
     pi = torch.softmax(torch.log(sol.pi) + 0.5 * torch.randn(4, 2, generator=gen(5), dtype=DTYPE), 1)
     ex = sobirl_exact(x, reward_fn, pi, mdp, loss)
-    cfg = SoBiRLConfig(num_tuples=150_000, rollout=RolloutConfig(geometric=True), leave_one_out_baseline=True)
+    cfg = SoBiRLEstimatorConfig(num_tuples=150_000, rollout=RolloutConfig(geometric=True), leave_one_out_baseline=True)
     est = sobirl_estimate(x, reward_fn, pi, mdp, loss, cfg, gen(12))
     print("sobirl off-opt", compare(est.grad, ex.grad), "plug-in vs exact", compare(ex.grad, hg))
     assert_matches(est.grad, ex.grad)
@@ -289,7 +292,7 @@ def test_hpgd_algorithm5_mean_matches_exact_gradient(cost):
     # cost 0.05: (0.9999, 0.014)
     mdp, reward_fn, leader_reward_fn, x, upper_fn = hpgd_problem(cost=cost)
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
-    est = hpgd_decomposable_estimate(x, reward_fn, leader_reward_fn, sol.pi, mdp, HPGDConfig(200_000), gen(20))
+    est = hpgd_decomposable_estimate(x, reward_fn, leader_reward_fn, sol.pi, mdp, HPGDEstimatorConfig(200_000), gen(20))
     print("alg5", cost, compare(est, hg))
     assert_matches(est, hg)
     # descent convention: a small step along −est decreases the exact leader loss, the printed output ascends it
@@ -312,7 +315,7 @@ def test_hpgd_algorithm1_general_objective_matches_exact_gradient():
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
     assert (hg - 0.02 * x).norm() > 0.8 * hg.norm()  # mostly the implicit term
     nu = torch.full((5,), 0.2, dtype=DTYPE)
-    est = hpgd_estimate(x, reward_fn, upper_fn, sol.pi, mdp, nu, HPGDConfig(200_000), gen(21))
+    est = hpgd_estimate(x, reward_fn, upper_fn, sol.pi, mdp, nu, HPGDEstimatorConfig(200_000), gen(21))
     print("alg1", compare(est, hg))
     assert_matches(est, hg)
 
@@ -337,9 +340,9 @@ def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="success_prob"):
         sample_geometric(3, 0.0, gen(0))
     with pytest.raises(ValueError, match="length"):
-        rollout(mdp, pi, torch.zeros(2, dtype=torch.long), 0, gen(0))
+        rollout(Simulator(mdp, pi), torch.zeros(2, dtype=torch.long), 0, gen(0))
     with pytest.raises(ValueError, match="num_tuples"):
-        sobirl_estimate(x, reward_fn, pi, mdp, loss, SoBiRLConfig(1, leave_one_out_baseline=True), gen(0))
+        sobirl_estimate(x, reward_fn, pi, mdp, loss, SoBiRLEstimatorConfig(1, leave_one_out_baseline=True), gen(0))
     with pytest.raises(ValueError, match="full support"):
         nu = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=DTYPE)
-        hpgd_estimate(x, reward_fn, upper_fn, pi, mdp, nu, HPGDConfig(4), gen(0))
+        hpgd_estimate(x, reward_fn, upper_fn, pi, mdp, nu, HPGDEstimatorConfig(4), gen(0))

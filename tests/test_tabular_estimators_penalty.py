@@ -7,13 +7,12 @@ mean at the stated sample size; closed forms are checked against finite differen
 import pytest
 import torch
 
-from bilevel_rl.tabular.estimators import (
+from bilevel_rl.tabular.checks import (
     BradleyTerryLoss,
-    HessianFreeConfig,
+    HessianFreeEstimatorConfig,
     IFTTerms,
     PenaltyConfig,
-    PPAConfig,
-    RolloutConfig,
+    PPAEstimatorConfig,
     UtilityLoss,
     bellman_penalty,
     bellman_penalty_grad_estimate,
@@ -29,12 +28,11 @@ from bilevel_rl.tabular.estimators import (
     ppa_implicit_gradient,
     ppa_sampled_terms,
     principal_utility,
-    reward_vjp,
     value_penalty,
     value_penalty_grad_estimate,
     value_penalty_grad_exact,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, solve_soft
+from bilevel_rl.tabular.core import DTYPE, RolloutConfig, exact_hypergradient, reward_vjp, solve_soft
 from tests.tabular_helpers import assert_matches, compare, gen, problem
 
 
@@ -158,7 +156,7 @@ def test_hessian_free_closed_form_is_the_proxy_gradient():
     (stationarity,) = torch.autograd.grad(h, theta)
     assert stationarity.norm() < 1e-10  # π_σ maximises h_σ = J − σG
     assert (pi_sigma - pi_star).abs().max() > 1e-3  # and differs from the RL follower
-    closed = hessian_free_grad_exact(x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeConfig(sigma))
+    closed = hessian_free_grad_exact(x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeEstimatorConfig(sigma))
     fd = finite_difference(lambda z: hessian_free_proxy(z, reward_fn, mdp, loss, sigma), x, eps=1e-4)
     print("HF closed vs fd", compare(closed, fd))
     assert (closed - fd).norm() <= 1e-5 * fd.norm()
@@ -171,9 +169,11 @@ def test_hessian_free_estimator_mean_matches_closed_form():
     sigma = 0.1
     pi_star = solve_soft(reward_fn(x), mdp).pi
     pi_sigma = penalised_follower(x, reward_fn, mdp, loss, sigma)
-    target = hessian_free_grad_exact(x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeConfig(sigma))
+    target = hessian_free_grad_exact(x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeEstimatorConfig(sigma))
     cfg = PenaltyConfig(num_rollouts=400_000, rollout=RolloutConfig(geometric=True), num_pairs=400_000)
-    est = hessian_free_grad_estimate(x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeConfig(sigma), cfg, gen(4))
+    est = hessian_free_grad_estimate(
+        x, reward_fn, pi_star, pi_sigma, mdp, loss, HessianFreeEstimatorConfig(sigma), cfg, gen(4)
+    )
     print("HF estimate", compare(est, target))
     assert_matches(est, target)
 
@@ -191,9 +191,9 @@ def test_hessian_free_proxy_bias_is_order_sigma_and_printed_sign_is_wrong(shapin
     errors, flipped = [], []
     for sigma in (0.2, 0.1, 0.05):
         pi_sigma = penalised_follower(x, reward_fn, mdp, loss, sigma)
-        exact = hessian_free_grad_exact(x, reward_fn, sol.pi, pi_sigma, mdp, loss, HessianFreeConfig(sigma))
+        exact = hessian_free_grad_exact(x, reward_fn, sol.pi, pi_sigma, mdp, loss, HessianFreeEstimatorConfig(sigma))
         errors.append(compare(exact, hg))
-        printed_cfg = HessianFreeConfig(sigma, sign="alg1_printed")
+        printed_cfg = HessianFreeEstimatorConfig(sigma, sign="alg1_printed")
         printed = hessian_free_grad_exact(x, reward_fn, sol.pi, pi_sigma, mdp, loss, printed_cfg)
         flipped.append(compare(printed, hg))
     print("HF bias", shaping, errors, flipped)
@@ -244,7 +244,7 @@ def test_ppa_exact_ift_with_pseudo_inverse_is_the_hypergradient_and_damping_is_b
 def ppa_sampled():
     """Sampled terms shared by two tests: 40k trajectories per H / X batch (L = 20), 100k for g_U."""
     mdp, reward_fn, x, utility, horizon, _, theta = ppa_problem()
-    cfg = PPAConfig(num_trajectories=40_000, utility_trajectories=100_000, horizon=20)
+    cfg = PPAEstimatorConfig(num_trajectories=40_000, utility_trajectories=100_000, horizon=20)
     return ppa_sampled_terms(reward_fn(x), theta, mdp, utility, horizon, cfg, gen(5))
 
 
@@ -259,7 +259,7 @@ def test_ppa_sampled_terms_match_exact_and_eq28_hessian_does_not(ppa_sampled):
     assert_matches(full.hessian, exact.hessian)
     assert_matches(full.mixed, exact.mixed)
     assert_matches(full.utility_grad, exact.utility_grad)
-    paper_cfg = PPAConfig(num_trajectories=20_000, utility_trajectories=1, horizon=20, hessian="paper_eq28")
+    paper_cfg = PPAEstimatorConfig(num_trajectories=20_000, utility_trajectories=1, horizon=20, hessian="paper_eq28")
     paper = ppa_sampled_terms(reward_fn(x), theta, mdp, utility, horizon, paper_cfg, gen(7))
     paper_grad = ppa_implicit_gradient(
         IFTTerms(paper.hessian, exact.mixed, exact.utility_grad), x, reward_fn, "projected"
@@ -275,7 +275,7 @@ def test_ppa_implicit_estimate_matches_exact_target(ppa_sampled):
     # damped exact target. measured: projected (0.9999, 0.017), damped (0.9998, 0.024)
     mdp, reward_fn, x, utility, horizon, hg, theta = ppa_problem()
     exact_terms = ppa_exact_terms(reward_fn(x), theta, mdp, utility, horizon)
-    cfg = PPAConfig(num_trajectories=40_000, utility_trajectories=100_000, horizon=20, solver="projected")
+    cfg = PPAEstimatorConfig(num_trajectories=40_000, utility_trajectories=100_000, horizon=20, solver="projected")
     est = ppa_implicit_estimate(x, reward_fn, theta, mdp, utility, horizon, cfg, gen(6))
     print("PPA projected", compare(est, hg))
     assert_matches(est, hg)
@@ -288,11 +288,13 @@ def test_ppa_implicit_estimate_matches_exact_target(ppa_sampled):
 def test_invalid_settings_are_refused():
     mdp, reward_fn, x, utility, horizon, _, theta = ppa_problem()
     with pytest.raises(ValueError, match="sigma"):
-        HessianFreeConfig(sigma=0.0)
+        HessianFreeEstimatorConfig(sigma=0.0)
     with pytest.raises(ValueError, match="sign"):
-        HessianFreeConfig(sign="printed")
+        HessianFreeEstimatorConfig(sign="printed")
     terms = ppa_exact_terms(reward_fn(x), theta, mdp, utility, horizon)
     with pytest.raises(ValueError, match="solver"):
         ppa_implicit_gradient(terms, x, reward_fn, solver="cg")
     with pytest.raises(ValueError, match="hessian"):
-        ppa_sampled_terms(reward_fn(x), theta, mdp, utility, horizon, PPAConfig(8, horizon=2, hessian="dice"), gen(0))
+        ppa_sampled_terms(
+            reward_fn(x), theta, mdp, utility, horizon, PPAEstimatorConfig(8, horizon=2, hessian="dice"), gen(0)
+        )

@@ -5,19 +5,20 @@ import pandas as pd
 import pytest
 import torch
 
-from bilevel_rl.data.preference_buffer import PreferenceBuffer
+from bilevel_rl.capabilities import Capability
 from bilevel_rl.data.teachers import OracleTeacher
 from bilevel_rl.logging import MetricLogger
-from bilevel_rl.tabular.followers import (
+from bilevel_rl.objectives.preferences import PreferenceObjective, PreferenceObjectiveConfig
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, random_mdp, solve_soft
+from bilevel_rl.tabular.lab.followers import (
     PolicyMirrorDescent,
     SoftPolicyGradient,
     SoftQLearning,
     SoftVIOracle,
     TabularEnvConfig,
 )
-from bilevel_rl.tabular.reward import TabularRewardModel
-from bilevel_rl.tabular.soft_mdp import DTYPE, random_mdp, solve_soft
-from bilevel_rl.trainer import Trainer, TrainerConfig
+from bilevel_rl.tabular.lab.reward_model import TabularRewardModel
+from bilevel_rl.trainer import CheckpointConfig, Trainer, TrainerConfig
 from bilevel_rl.upper.base import make_rule
 
 
@@ -90,25 +91,20 @@ def test_deep_trainer_and_drlhf_run_unchanged_on_a_tabular_problem(tmp_path):
     follower = SoftVIOracle(mdp, true_r, TabularEnvConfig(n_envs=8, episode_length=25, record_steps=100), seed=0)
     rm = TabularRewardModel(mdp.num_states, mdp.num_actions)
     rule = make_rule("drlhf", {"lr": 0.05, "batch_size": 32, "weight_decay": 0.0})
-    cfg = TrainerConfig(
-        total_steps=8 * 50 * 8,
-        steps_per_iter=8 * 50,
-        initial_steps=8 * 50,
-        segment_length=10,
-        initial_pairs=200,
-        pairs_per_iter=50,
-        warmup_epochs=30,
-        epochs_per_iter=5,
-        eval_every=1,
-        checkpoint_every=0,
+    cfg = TrainerConfig(total_steps=8 * 50 * 8, steps_per_iter=8 * 50, initial_steps=8 * 50, eval_every=1)
+    objective = PreferenceObjective(
+        PreferenceObjectiveConfig(
+            capacity=1000, segment_length=10, initial_pairs=200, pairs_per_iter=50, warmup_epochs=30, epochs_per_iter=5
+        ),
+        OracleTeacher(),
     )
     trainer = Trainer(
         cfg,
+        CheckpointConfig(every=0),
         follower,
         rm,
         rule,
-        OracleTeacher(),
-        PreferenceBuffer(1000),
+        objective,
         MetricLogger(tmp_path),
         tmp_path,
         seed=0,
@@ -137,7 +133,7 @@ def test_soft_policy_gradient_extra_loss_shifts_the_policy_and_spawn_is_independ
     star = solve_soft(true_r, mdp).pi
     torch.testing.assert_close(g.pi, star, atol=5e-3, rtol=0)  # spawned follower: no extra loss, soft optimum
     assert (f.pi[:, 0] > star[:, 0] + 0.05).all()
-    assert g.num_timesteps == 40 and g.rng is not f.rng
+    assert g.num_timesteps == 40 and g.generator is not f.generator
 
 
 def test_rollouts_from_follow_the_policy_and_the_dynamics():
@@ -155,3 +151,26 @@ def test_rollouts_from_follow_the_policy_and_the_dynamics():
     np.testing.assert_allclose(next_states, mdp.P[1, 1].numpy(), atol=0.015)
     second = np.bincount(ro.actions[:, 1], minlength=2)
     assert second.min() > 0  # drawn from the (non-degenerate) policy
+
+
+def test_tabular_followers_declare_what_they_implement():
+    """τ > 0, γ, π(·|s), spawn and exact restarts for all; the soft policy gradient also has differentiable logits
+    and an extra policy loss; none trains on the true reward or records videos."""
+    mdp, true_r = _problem()
+    common = {
+        Capability.TEMPERATURE,
+        Capability.GAMMA,
+        Capability.ACTION_DIST,
+        Capability.SPAWN,
+        Capability.GENERATIVE_MODEL,
+    }
+    extra = {Capability.EXTRA_POLICY_LOSS, Capability.PARAMETRIC_POLICY}
+    for cls in (SoftVIOracle, SoftQLearning, PolicyMirrorDescent, SoftPolicyGradient):
+        want = common | extra if cls is SoftPolicyGradient else common
+        f = cls(mdp, true_r, TabularEnvConfig(n_envs=2), seed=0)
+        assert cls.declared_capabilities() == cls.declared_capabilities({"name": "x"}) == f.capabilities == want
+        assert f.gamma == mdp.gamma and f.temperature == mdp.tau > 0
+        with pytest.raises(NotImplementedError):
+            f.set_reward_model_to_true_reward()
+        with pytest.raises(NotImplementedError):
+            f.record_video(0)

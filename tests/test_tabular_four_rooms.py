@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel_rl.tabular.amd import AMDConfig, exact_leader_gradient, run_amd
-from bilevel_rl.tabular.four_rooms import CONTEXTS, FOUR_ROOMS_MAP, FourRooms, FourRoomsConfig
-from bilevel_rl.tabular.hpgd import HPGDConfig, WarmSoftSolver, clip_global_norm, run_hpgd
-from bilevel_rl.tabular.hpgd_sampling import (
-    TabularSampler,
-    alg5_estimator,
-    discounted_from_start,
-    discounted_to_go,
-    pooled_estimator,
-    weights_to_gradient,
-)
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, random_mdp, soft_bellman, solve_soft
-from bilevel_rl.tabular.zero_order import ZeroOrderConfig, run_zero_order
+from bilevel_rl.tabular.checks.hpgd import alg5_weights
+from bilevel_rl.tabular.checks.hpgd_trajectory import discounted_from_start, discounted_to_go, pooled_estimator
+from bilevel_rl.tabular.core.sampling import Simulator
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, exact_hypergradient, random_mdp, soft_bellman, solve_soft
+from bilevel_rl.tabular.repro.amd import AMDConfig, exact_leader_gradient, run_amd
+from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FOUR_ROOMS_MAP, FourRooms, FourRoomsConfig
+from bilevel_rl.tabular.repro.hpgd import TabularHPGDConfig, WarmSoftSolver, clip_global_norm, run_hpgd
+from bilevel_rl.tabular.repro.zero_order import ZeroOrderConfig, run_zero_order
 
 torch.set_num_threads(1)
 UP, RIGHT, DOWN, LEFT = range(4)
@@ -136,9 +131,9 @@ def test_warm_solver_matches_core_solve_soft_at_tiny_temperatures(env, lam):
             r = env.follower_reward(x, xi, lam)
             ref = solve_soft(r, env.mdp(xi, lam))
             torch.testing.assert_close(soft_bellman(ref.Q, r, env.mdp(xi, lam)), ref.Q, atol=1e-10, rtol=0)
-            np.testing.assert_allclose(solver.solve(x, xi), ref.pi.numpy(), atol=1e-9)
-            pi = torch.from_numpy(solver.pi[xi])
-            assert solver.leader_value(solver.pi[xi], x, xi) == pytest.approx(env.leader_value(pi, x, xi).item())
+            torch.testing.assert_close(solver.solve(x, xi), ref.pi, atol=1e-9, rtol=0)
+            pi = solver.pi[xi]
+            assert solver.leader_value(pi, x, xi) == pytest.approx(env.leader_value(pi, x, xi).item())
 
 
 # ----------------------------------------------------------------------------------------------- sampling helpers
@@ -167,18 +162,19 @@ def test_discounted_sums_match_loops():
                     if tau[k, e] == 0:
                         break
                     k -= 1
-        np.testing.assert_allclose(discounted_to_go(v, tau, gamma), go, atol=1e-12)
-        np.testing.assert_allclose(discounted_from_start(v, tau, gamma), fr, atol=1e-12)
+        vt, taut = torch.from_numpy(v), torch.from_numpy(tau)
+        np.testing.assert_allclose(discounted_to_go(vt, taut, gamma).numpy(), go, atol=1e-12)
+        np.testing.assert_allclose(discounted_from_start(vt, taut, gamma).numpy(), fr, atol=1e-12)
 
 
 def test_sampler_reproduces_transition_frequencies(env):
     P = env.transitions(2)
-    sampler = TabularSampler(P)
-    s = np.full(200_000, env.index[(9, 3)])
-    a = np.full(200_000, RIGHT)
-    nxt = sampler.step(s, a, np.random.default_rng(0).random(len(s)))
-    freq = np.bincount(nxt, minlength=105) / len(s)
-    np.testing.assert_allclose(freq, P[s[0], RIGHT].numpy(), atol=5e-3)
+    s = torch.full((200_000,), env.index[(9, 3)])
+    a = torch.full((200_000,), RIGHT)
+    nxt = Simulator(P).step(s, a, torch.Generator().manual_seed(0))
+    freq = torch.bincount(nxt, minlength=105) / len(s)
+    torch.testing.assert_close(freq.to(DTYPE), P[s[0], RIGHT], atol=5e-3, rtol=0)
+    assert set(nxt.unique().tolist()) == set(torch.nonzero(P[s[0], RIGHT]).flatten().tolist())
 
 
 # ----------------------------------------------------------------------------------------------- HPGD estimators
@@ -211,15 +207,9 @@ def test_alg5_estimator_is_unbiased_on_a_small_instance():
     """Mean of 1.6M Algorithm-5 samples vs the exact hypergradient of the leader's return (Prop. 4, Eq. 8)."""
     mdp, x, reward_fn, leader_reward_fn, leader_return = _small_problem()
     exact, sol = exact_hypergradient(x, reward_fn, leader_return, mdp)
-    sampler = TabularSampler(mdp.P)
-    rng = np.random.default_rng(0)
-    chunks = [
-        alg5_estimator(
-            sampler, mdp.rho.numpy(), sol.pi.numpy(), leader_reward_fn(x).numpy(), mdp.gamma, mdp.tau, 400_000, rng
-        )
-        for _ in range(4)
-    ]
-    est = torch.stack([weights_to_gradient(x, reward_fn, leader_reward_fn, w) for w in chunks]).mean(0)
+    gen = torch.Generator().manual_seed(0)
+    chunks = [alg5_weights(mdp, sol.pi, leader_reward_fn(x), 400_000, gen) for _ in range(4)]
+    est = torch.stack([w.ascent(x, reward_fn, leader_reward_fn) for w in chunks]).mean(0)
     assert _cos(est, exact) >= 0.99
     assert (est - exact).norm() <= 0.05 * exact.norm()
     # the best-response part (Theorem 1) matters here: it is not just the direct ∇r̄ term
@@ -234,15 +224,11 @@ def test_pooled_estimator_converges_to_the_exact_hypergradient_on_four_rooms(env
     exact, sol = exact_hypergradient(
         x, lambda z: env.follower_reward(z, xi, lam), lambda z, pi: env.leader_value(pi, z, xi), env.mdp(xi, lam)
     )
-    terminal = np.zeros(env.num_states, dtype=bool)
-    terminal[env.sink] = True
-    sampler = TabularSampler(env.transitions(xi), terminal)
-    rbar = env.leader_reward(x, xi).numpy()
-    w = pooled_estimator(
-        sampler, env.rho.numpy(), sol.pi.numpy(), rbar, 0.99, lam, 32_000, 200, 200, np.random.default_rng(1)
-    )
+    rbar = env.leader_reward(x, xi)
+    gen = torch.Generator().manual_seed(1)
+    w = pooled_estimator(env.mdp(xi, lam), sol.pi, rbar, 32_000, 200, 200, gen, env.terminal())
     assert w.env_steps == 6_400_000
-    est = weights_to_gradient(x, lambda z: env.follower_reward(z, xi, lam), lambda z: env.leader_reward(z, xi), w)
+    est = w.ascent(x, lambda z: env.follower_reward(z, xi, lam), lambda z: env.leader_reward(z, xi))
     assert _cos(est, exact) >= 0.99
     assert (est - exact).norm() <= 0.05 * exact.norm()
 
@@ -275,14 +261,14 @@ def test_clip_global_norm():
 # ----------------------------------------------------------------------------------------------- methods
 def test_runs_are_seeded_and_report_the_metric():
     common = dict(lam=0.005, beta=1.0, iterations=12, lr=1.0, curve_points=3)
-    a = run_hpgd(HPGDConfig(**common, steps_per_gradient=1000, num_envs=10), seed=3)
-    b = run_hpgd(HPGDConfig(**common, steps_per_gradient=1000, num_envs=10), seed=3)
+    a = run_hpgd(TabularHPGDConfig(**common, steps_per_gradient=1000, num_envs=10), seed=3)
+    b = run_hpgd(TabularHPGDConfig(**common, steps_per_gradient=1000, num_envs=10), seed=3)
     assert a.metric == b.metric and a.env_steps == 12 * 1000 and a.oracle_calls == 12
     z = run_zero_order(ZeroOrderConfig(**common), seed=0)
     assert z.oracle_calls == 24 and math.isfinite(z.metric)
     m = run_amd(AMDConfig(**common), seed=0)
     assert 0.0 <= m.budget_used <= 1.0 and m.curve[0][0] == 0
-    alg5 = run_hpgd(HPGDConfig(**common, estimator="alg5", steps_per_gradient=500), seed=0)
+    alg5 = run_hpgd(TabularHPGDConfig(**common, estimator="alg5", steps_per_gradient=500), seed=0)
     assert alg5.env_steps >= 12 * 500
 
 
@@ -306,5 +292,5 @@ def test_reproduction_script_one_cell_tiny_budget(tmp_path):
 
 @pytest.mark.slow
 def test_hpgd_improves_on_the_initial_objective():
-    res = run_hpgd(HPGDConfig(lam=0.005, beta=1.0, iterations=300, lr=1.0), seed=0)
+    res = run_hpgd(TabularHPGDConfig(lam=0.005, beta=1.0, iterations=300, lr=1.0), seed=0)
     assert res.metric > res.curve[0][1] + 0.3

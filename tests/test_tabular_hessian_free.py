@@ -4,14 +4,14 @@ is not, and on the toy problems the printed sign diverges while eq. (11) converg
 import pytest
 import torch
 
-from bilevel_rl.tabular.hessian_free import (
-    HessianFreeConfig,
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, policy_evaluation, random_mdp
+from bilevel_rl.tabular.repro.hessian_free import (
     QuadraticBilevel,
+    TabularHessianFreeConfig,
     TabularRewardShaping,
     reward_direction,
     run_hessian_free,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, policy_evaluation, random_mdp
 
 torch.set_num_threads(1)
 
@@ -56,8 +56,8 @@ def test_eq11_is_the_gradient_of_the_proxy_and_the_printed_sign_is_not(sigma):
     lam, lam_sigma = prob.exact_followers(phi, sigma)
     fd = _fd(lambda z: prob.proxy_objective(z, sigma), phi)
     for at in ("sigma_follower", "star_follower"):  # ∇_φG = cφ here, so P2 does not matter on this problem
-        eq11 = reward_direction(prob, phi, lam, lam_sigma, HessianFreeConfig(sigma=sigma, grad_G_at=at))
-        printed = reward_direction(prob, phi, lam, lam_sigma, HessianFreeConfig(sigma=sigma, sign="printed"))
+        eq11 = reward_direction(prob, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma, grad_G_at=at))
+        printed = reward_direction(prob, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma, sign="printed"))
         assert _rel(eq11, fd) < 1e-5
         assert _rel(printed, fd) > 1.0
     # ‖∇Φ_σ − ∇Φ‖ = O(σ)
@@ -70,8 +70,8 @@ def test_quadratic_directions_have_the_closed_forms():
     sigma = 0.05
     lam, lam_sigma = q.exact_followers(phi, sigma)
     implicit = q.A.T @ (q.A @ phi - q.a) / (1 + sigma)
-    eq11 = reward_direction(q, phi, lam, lam_sigma, HessianFreeConfig(sigma=sigma))
-    printed = reward_direction(q, phi, lam, lam_sigma, HessianFreeConfig(sigma=sigma, sign="printed"))
+    eq11 = reward_direction(q, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma))
+    printed = reward_direction(q, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma, sign="printed"))
     torch.testing.assert_close(eq11, q.c * phi + implicit, atol=1e-12, rtol=0)
     torch.testing.assert_close(printed, q.c * phi - implicit, atol=1e-12, rtol=0)
     torch.testing.assert_close(eq11, _fd(lambda z: q.proxy_objective(z, sigma), phi), atol=1e-7, rtol=0)
@@ -81,8 +81,8 @@ def test_printed_sign_diverges_and_eq11_converges_on_the_quadratic_toy():
     """Digest §7 settings (σ = 0.05, K = 200, η = 0.02, τ_1 = 2), 60 outer steps: eq. (11) cuts ‖∇Φ‖ by 2× while the
     printed sign blows ‖∇Φ‖ and ‖φ‖ up, monotonically."""
     q = QuadraticBilevel.digest_instance()
-    good = run_hessian_free(q, HessianFreeConfig(outer_steps=60, log_every=20))
-    bad = run_hessian_free(q, HessianFreeConfig(outer_steps=60, log_every=20, sign="printed"))
+    good = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20))
+    bad = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20, sign="printed"))
     g0 = good.rows[0]["hypergrad_norm"]
     assert good.rows[-1]["hypergrad_norm"] < 0.5 * g0
     assert good.rows[-1]["hyper_objective"] < good.rows[0]["hyper_objective"]
@@ -93,9 +93,9 @@ def test_printed_sign_diverges_and_eq11_converges_on_the_quadratic_toy():
 
 def test_blowup_guard_stops_a_diverging_run():
     q = QuadraticBilevel.digest_instance()
-    res = run_hessian_free(q, HessianFreeConfig(outer_steps=400, inner_steps=20, sign="printed", blowup=50.0))
+    res = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=400, inner_steps=20, sign="printed", blowup=50.0))
     assert res.diverged and res.rows[-1]["phi_norm"] > 50 and res.rows[-1]["t"] < 400
-    assert not run_hessian_free(q, HessianFreeConfig(outer_steps=5, inner_steps=20)).diverged
+    assert not run_hessian_free(q, TabularHessianFreeConfig(outer_steps=5, inner_steps=20)).diverged
 
 
 def test_tabular_printed_sign_moves_away_and_eq11_approaches_the_solution():
@@ -103,8 +103,8 @@ def test_tabular_printed_sign_moves_away_and_eq11_approaches_the_solution():
     prob, _ = _tabular()
     phi_star = min(prob.hyper_objective(_descend(prob)), prob.hyper_objective(torch.zeros(5, 3, dtype=DTYPE)))
     cfg = {"sigma": 0.1, "eta": 0.2, "tau1": 0.3, "inner_steps": 40, "outer_steps": 30, "log_every": 10}
-    good = run_hessian_free(prob, HessianFreeConfig(**cfg))
-    bad = run_hessian_free(prob, HessianFreeConfig(**cfg, sign="printed"))
+    good = run_hessian_free(prob, TabularHessianFreeConfig(**cfg))
+    bad = run_hessian_free(prob, TabularHessianFreeConfig(**cfg, sign="printed"))
     phi0 = good.rows[0]["hyper_objective"]
     assert abs(good.rows[-1]["hyper_objective"] - phi_star) < 1e-3
     assert bad.rows[-1]["hyper_objective"] > phi0 + 2.0  # Φ0 − Φ* ≈ 0.27: the printed run goes the other way

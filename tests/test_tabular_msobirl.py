@@ -5,18 +5,17 @@ import itertools
 import pytest
 import torch
 
-from bilevel_rl.tabular.msobirl import (
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, exact_hypergradient, random_mdp, solve_soft, upper_partials
+from bilevel_rl.tabular.repro.msobirl import (
     J3Config,
     MSoBiRLConfig,
     linear_system,
     make_j3_problem,
     model_based_hypergradient,
     run_msobirl,
-    upper_partials,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, exact_hypergradient, random_mdp, solve_soft
-from bilevel_rl.tabular.stoc_sobirl import (
-    StocSoBiRLConfig,
+from bilevel_rl.tabular.repro.stoc_sobirl import (
+    TabularStocSoBiRLConfig,
     certified_soft_iterations,
     draw_hyper_samples,
     j3_trajectory_objective,
@@ -155,7 +154,7 @@ def test_certified_lower_level_bound_holds(j3):
 def test_momentum_correction_uses_new_samples_at_previous_iterate(j3):
     """Two Alg. 4 steps by hand: h_2 = ∇̄φ(S_2; x_2) + (1 − μ_2)(h_1 − ∇̄φ(S_2; x_1)) (digest pitfall 8)."""
     obj = j3_trajectory_objective(j3)
-    cfg = StocSoBiRLConfig(iterations=2, num_tuples=200, rollout_length=8, seed=7, log_exact=False)
+    cfg = TabularStocSoBiRLConfig(iterations=2, num_tuples=200, rollout_length=8, seed=7, log_exact=False)
     log = run_stoc_sobirl(j3.x0, j3.reward, j3.upper, obj, j3.mdp, cfg)
 
     g = torch.Generator().manual_seed(7)
@@ -180,14 +179,14 @@ def test_stoc_sobirl_decreases_hypergradient_on_j3(j3):
     Measured (seed 0): ‖∇φ‖ 9.703 at x_1 → 0.893 at x_401, f(x_400, π_400) = 1.402 (from 48.69); ~3 s CPU.
     """
     obj = j3_trajectory_objective(j3)
-    cfg = StocSoBiRLConfig(iterations=400, num_tuples=500, log_exact=False)
+    cfg = TabularStocSoBiRLConfig(iterations=400, num_tuples=500, log_exact=False)
     log = run_stoc_sobirl(j3.x0, j3.reward, j3.upper, obj, j3.mdp, cfg)
     first = exact_hypergradient(j3.x0, j3.reward, j3.upper, j3.mdp)[0].norm()
     last = exact_hypergradient(log.x, j3.reward, j3.upper, j3.mdp)[0].norm()
     assert last < 0.15 * first
     assert log.f[-1] < 2.0
     # reproducible: the explicit generator fixes every sample
-    short = StocSoBiRLConfig(iterations=5, num_tuples=100)
+    short = TabularStocSoBiRLConfig(iterations=5, num_tuples=100)
     a = run_stoc_sobirl(j3.x0, j3.reward, j3.upper, obj, j3.mdp, short)
     b = run_stoc_sobirl(j3.x0, j3.reward, j3.upper, obj, j3.mdp, short)
     assert a.estimate_norm == b.estimate_norm and torch.equal(a.x, b.x)

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from bilevel_rl.tabular.pbrl import (
-    PBRLConfig,
+from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP, exact_hypergradient, policy_evaluation
+from bilevel_rl.tabular.repro.pbrl import (
+    TabularPBRLConfig,
     bellman_penalty,
     bellman_penalty_grads_exact,
     follower_pg_exact,
@@ -20,8 +21,7 @@ from bilevel_rl.tabular.pbrl import (
     value_penalty,
     value_penalty_grads_exact,
 )
-from bilevel_rl.tabular.soft_mdp import DTYPE, SoftMDP, exact_hypergradient, policy_evaluation
-from bilevel_rl.tabular.stackelberg import (
+from bilevel_rl.tabular.repro.stackelberg import (
     GameBatch,
     StackelbergGame,
     best_response,
@@ -195,18 +195,18 @@ def test_mc_estimators_are_unbiased():
 
 
 def test_penalty_schedules():
-    assert PBRLConfig(lam=2.0).penalty_coefficient(50) == 2.0
-    assert PBRLConfig(lam=1.0, lam_schedule="linear", lam_growth=0.5).penalty_coefficient(4) == 3.0
-    cfg = PBRLConfig(lam=1.0, lam_schedule="geometric", lam_growth=2.0, lam_every=10, lam_max=5.0)
+    assert TabularPBRLConfig(lam=2.0).penalty_coefficient(50) == 2.0
+    assert TabularPBRLConfig(lam=1.0, lam_schedule="linear", lam_growth=0.5).penalty_coefficient(4) == 3.0
+    cfg = TabularPBRLConfig(lam=1.0, lam_schedule="geometric", lam_growth=2.0, lam_every=10, lam_max=5.0)
     assert [cfg.penalty_coefficient(k) for k in (0, 9, 10, 25, 100)] == [1.0, 1.0, 2.0, 4.0, 5.0]
-    assert PBRLConfig.paper("bellman").lam == 7.0 and PBRLConfig.paper("bellman").inner_steps == 10
-    assert PBRLConfig.paper("value").lam == 2.0 and PBRLConfig.paper("value").inner_steps == 1
+    assert TabularPBRLConfig.paper("bellman").lam == 7.0 and TabularPBRLConfig.paper("bellman").inner_steps == 10
+    assert TabularPBRLConfig.paper("value").lam == 2.0 and TabularPBRLConfig.paper("value").inner_steps == 1
 
 
 @pytest.mark.parametrize(("method", "rollouts_per_iter"), [("independent", 1), ("value", 3), ("bellman", 13)])
 def test_mc_runs_count_environment_steps(method, rollouts_per_iter):
     game = random_stackelberg_game(6, 3, 3, 0.5, 0.1, torch.Generator().manual_seed(0))
-    res = run_pbrl(game, PBRLConfig.paper(method, iterations=4, log_every=2))
+    res = run_pbrl(game, TabularPBRLConfig.paper(method, iterations=4, log_every=2))
     assert [r["iteration"] for r in res.rows] == [0, 2, 4]
     assert res.rows[-1]["env_steps"] == 4 * rollouts_per_iter * 16 * 5
     assert all(math.isfinite(v) for r in res.rows for v in r.values() if v == v)
@@ -214,7 +214,7 @@ def test_mc_runs_count_environment_steps(method, rollouts_per_iter):
 
 def test_schedule_is_applied_and_batched_games_run_independently():
     games = [random_stackelberg_game(4, 2, 3, 0.5, 0.2, torch.Generator().manual_seed(i)) for i in range(2)]
-    cfg = PBRLConfig(
+    cfg = TabularPBRLConfig(
         lam=1.0, lam_schedule="linear", lam_growth=0.5, estimator="exact", oracle="exact", iterations=4, log_every=1
     )
     batched = run_pbrl(GameBatch(games), cfg)
@@ -227,7 +227,7 @@ def test_schedule_is_applied_and_batched_games_run_independently():
 
 def test_pmd_oracle_reaches_the_best_response():
     game, x, _ = _setup(5, 3, 3, 0.7, 0.5, 8)
-    cfg = PBRLConfig(estimator="exact", oracle="pmd", inner_steps=60, inner_lr=1.0, iterations=1, lr=0.0)
+    cfg = TabularPBRLConfig(estimator="exact", oracle="pmd", inner_steps=60, inner_lr=1.0, iterations=1, lr=0.0)
     res = run_pbrl(game, cfg, x0=x)
     assert float((sm(res.y_hat) - best_response(game, sm(x)).pi).abs().max()) < 1e-8
 
@@ -235,8 +235,8 @@ def test_pmd_oracle_reaches_the_best_response():
 def test_exact_pbrl_improves_the_leader_over_independent_pg():
     game = random_stackelberg_game(5, 3, 3, 0.5, 0.2, torch.Generator().manual_seed(3))
     common = {"estimator": "exact", "iterations": 300, "log_every": 300, "lr": 2.0}
-    ind = run_pbrl(game, PBRLConfig(method="independent", **common))
-    val = run_pbrl(game, PBRLConfig(method="value", lam=4.0, oracle="exact", lr_y=0.5, **common))
+    ind = run_pbrl(game, TabularPBRLConfig(method="independent", **common))
+    val = run_pbrl(game, TabularPBRLConfig(method="value", lam=4.0, oracle="exact", lr_y=0.5, **common))
     assert val.rows[-1]["leader_value_at_best_response"] > ind.rows[-1]["leader_value_at_best_response"]
 
 
@@ -258,7 +258,7 @@ def test_outer_solution_approaches_bilevel_solution_as_lambda_grows(method, smal
     x = y = None
     gaps, dists, phi_errs, hyper_norms = [], [], [], []
     for lam in (1.0, 3.0, 9.0):
-        cfg = PBRLConfig(
+        cfg = TabularPBRLConfig(
             method=method, lam=lam, estimator="exact", oracle="exact", lr=6.0 / lam, iterations=int(100 * lam)
         )
         res = run_pbrl(game, cfg, x0=x, y0=y)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bilevel_rl.tabular.soft_mdp import (
+from bilevel_rl.tabular.core.soft_mdp import (
     DTYPE,
     SoftMDP,
     exact_hypergradient,

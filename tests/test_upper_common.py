@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import TINY, cli, metrics
+from helpers import TINY, cli, leader_step, metrics
 
-from bilevel_rl.tabular.rule_lab import make_rule_lab
+from bilevel_rl.tabular.lab.rule_lab import make_rule_lab
 from bilevel_rl.upper.base import RULES, make_rule, rule_classes
-from bilevel_rl.upper.common import discounted_return_surrogate, expected_policy_reward
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
+from bilevel_rl.upper.estimators import discounted_return_surrogate, expected_policy_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_expected_policy_reward_is_exact_for_discrete_policies():
     lab = make_rule_lab(seed=3)
     lab.follower.learn(8)
     obs = torch.eye(lab.mdp.num_states)
-    got = expected_policy_reward(lab.reward_model, lab.follower, obs, num_samples=1)
+    got = expected_policy_reward(lab.reward_model, lab.follower, obs, 1, torch.Generator())
     want = (lab.follower.pi * lab.reward_fn(lab.x)).sum(1)
     torch.testing.assert_close(got, want.to(got.dtype))
     got.sum().backward()
@@ -53,7 +53,7 @@ def test_expected_policy_reward_is_exact_for_discrete_policies():
 
 def test_discounted_return_surrogate_estimates_the_value_gradient():
     """∇_x of the surrogate on on-policy episodes from ρ ≈ ∇_x V^π_{r_x}(ρ) with π fixed (PBRL C.1)."""
-    from bilevel_rl.tabular.soft_mdp import SoftMDP, policy_evaluation
+    from bilevel_rl.tabular.core.soft_mdp import SoftMDP, policy_evaluation
 
     lab = make_rule_lab(seed=1, gamma=0.5, episode_length=12, n_envs=64)
     batch = lab.on_policy_batch(240)
@@ -77,7 +77,11 @@ def test_drlhf_lacks_the_implicit_term_on_the_tabular_lab():
     rule = DRLHF(DRLHFConfig(optimizer="sgd", lr=1.0, weight_decay=0.0, batch_size=n))
     rule.attach(lab.follower, lab.reward_model)
     x0 = lab.x.detach().clone()
-    rule.update(lab.buffer(n, torch.Generator().manual_seed(1)), 1, np.random.default_rng(0), batch=batch, iteration=1)
+    rule.update(
+        leader_step(
+            lab.buffer(n, torch.Generator().manual_seed(1)), 1, np.random.default_rng(0), batch=batch, iteration=1
+        )
+    )
     step = x0 - lab.x.detach()
     assert torch.nn.functional.cosine_similarity(step, exact, dim=0) < 0.97  # measured 0.937
 
@@ -149,12 +153,12 @@ def test_aggregate_script_tables_and_normalised_iqm(tmp_path):
 
 def test_a_non_finite_leader_gradient_is_skipped_not_applied():
     """One NaN estimate must not poison the reward model (and through it the follower): the step is skipped."""
-    from bilevel_rl.upper.common import Surrogate
+    from bilevel_rl.upper.preference_rule import Surrogate
 
     class NaNOnce(DRLHF):
         calls = 0
 
-        def surrogate(self, pairs):
+        def surrogate(self, pairs, step, prepared):
             s = self.bt_surrogate(pairs)
             NaNOnce.calls += 1
             if NaNOnce.calls == 1:
@@ -167,7 +171,7 @@ def test_a_non_finite_leader_gradient_is_skipped_not_applied():
     rule.attach(lab.follower, lab.reward_model)
     buf = lab.buffer(100, torch.Generator().manual_seed(0))
     x0 = lab.x.detach().clone()
-    out = rule.update(buf, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    out = rule.update(leader_step(buf, 1, np.random.default_rng(0), batch=batch, iteration=1))
     assert out["upper/nonfinite_steps"] == 1.0
     assert torch.isfinite(lab.x).all() and not torch.equal(lab.x.detach(), x0)  # the second minibatch stepped
     assert rule.state_dict()["nonfinite_steps"] == 1
@@ -183,21 +187,16 @@ def test_a_non_finite_leader_gradient_is_skipped_not_applied():
 )
 def test_table2_presets_compose_and_validate_for_every_row(env, steps, env_id):
     """Every SoBiRL Table 2 MuJoCo cell (env × rule) composes at the paper's budget and passes validation."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    from bilevel_rl.config import compose, validate
 
-    from bilevel_rl.config import validate
-
-    OmegaConf.register_new_resolver("slug", lambda s: s, replace=True)
-    with initialize_config_module("bilevel_rl.configs", version_base="1.3"):
-        for rule in ("sobirl", "drlhf", "pbrl", "hpgd", "true_reward"):
-            cfg = compose("config", overrides=[f"exp=table2_{env}", f"upper={rule}", "hydra/launcher=slurm"])
-            validate(cfg)
-            assert cfg.env.id == env_id and cfg.trainer.total_steps == steps and cfg.exp_name == f"table2_{env}_{rule}"
-            assert (cfg.trainer.steps_per_iter, cfg.buffer.initial_pairs, cfg.buffer.pairs_per_iter) == (5000, 600, 6)
-            assert cfg.buffer.capacity == 3000 and cfg.follower.actor_lr == 3e-4 and cfg.follower.learning_rate == 1e-3
-            assert cfg.follower.lr_schedule == "linear" and cfg.follower.lr_horizon == 8_000_000
-            assert cfg.upper.name == rule and (rule != "pbrl" or (cfg.upper.penalty, cfg.upper.lam) == ("value", 2.0))
+    for rule in ("sobirl", "drlhf", "pbrl", "hpgd", "true_reward"):
+        cfg = compose([f"exp=table2_{env}", f"upper={rule}", "hydra/launcher=slurm"])
+        validate(cfg)
+        assert cfg.env.id == env_id and cfg.trainer.total_steps == steps and cfg.exp_name == f"table2_{env}_{rule}"
+        assert (cfg.trainer.steps_per_iter, cfg.buffer.initial_pairs, cfg.buffer.pairs_per_iter) == (5000, 600, 6)
+        assert cfg.buffer.capacity == 3000 and cfg.follower.actor_lr == 3e-4 and cfg.follower.learning_rate == 1e-3
+        assert cfg.follower.lr_schedule == "linear" and cfg.follower.lr_horizon == 8_000_000
+        assert cfg.upper.name == rule and (rule != "pbrl" or (cfg.upper.penalty, cfg.upper.lam) == ("value", 2.0))
 
 
 @pytest.mark.parametrize(

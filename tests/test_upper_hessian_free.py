@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel_rl.tabular.estimators_penalty import HessianFreeConfig as TabularHF
-from bilevel_rl.tabular.estimators_penalty import hessian_free_grad_exact, penalised_follower
-from bilevel_rl.tabular.estimators_sampling import grad_or_zeros
-from bilevel_rl.tabular.estimators_sobirl import expected_trajectory_loss
-from bilevel_rl.tabular.followers import SoftPolicyGradient
-from bilevel_rl.tabular.rule_lab import RuleLab, make_rule_lab
+from bilevel_rl.tabular.checks.penalty import HessianFreeEstimatorConfig as TabularHF
+from bilevel_rl.tabular.checks.penalty import hessian_free_grad_exact, penalised_follower
+from bilevel_rl.tabular.checks.sobirl import expected_trajectory_loss
+from bilevel_rl.tabular.core.reward import grad_or_zeros
+from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
+from bilevel_rl.tabular.lab.rule_lab import RuleLab, make_rule_lab
 from bilevel_rl.upper.hessian_free import HessianFree, HessianFreeConfig
-from tests.helpers import TINY, cli, metrics
+from tests.helpers import TINY, cli, leader_step, metrics
 
 STEPS, ENVS, PAIRS = 1000, 1024, 20_000
 
@@ -65,7 +65,7 @@ def rule_step(sigma: float, **config) -> tuple[RuleLab, dict[str, float], torch.
     batch = lab.on_policy_batch(STEPS)  # the main follower λ' samples; its pairs are the buffer
     buffer = lab.buffer(PAIRS, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()
-    out = rule.update(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    out = rule.update(leader_step(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1))
     step = x0 - lab.x.detach()
     lab.x.data.copy_(x0)
     return lab, out, step, pi_sigma, pi_star

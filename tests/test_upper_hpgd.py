@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel_rl.tabular.followers import SoftVIOracle
-from bilevel_rl.tabular.rule_lab import make_rule_lab
+from bilevel_rl.tabular.lab.followers import SoftVIOracle
+from bilevel_rl.tabular.lab.rule_lab import make_rule_lab
 from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.hpgd import HPGD, HPGDConfig
-from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
+from tests.helpers import assert_refused, cli, finite_after_warmup, leader_step, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "max_grad_norm": None}
@@ -42,7 +42,7 @@ def one_step(lab, rule, n, pair_seed, seed=0, iteration=1):
     rule.attach(lab.follower, lab.reward_model)
     buffer = lab.buffer(n, torch.Generator().manual_seed(pair_seed))
     x0 = lab.x.detach().clone()
-    out = rule.update(buffer, 1, np.random.default_rng(seed), iteration=iteration)
+    out = rule.update(leader_step(buffer, 1, np.random.default_rng(seed), iteration=iteration))
     step = x0 - lab.x.detach()
     with torch.no_grad():
         lab.x.copy_(x0)
@@ -168,8 +168,14 @@ def test_bad_hyperparameters_are_refused(params, key):
 
 
 def test_generative_needs_a_generative_model():
-    assert "upper.estimator=generative" in HPGD.check_follower("sac", {"estimator": "generative"})
-    assert HPGD.check_follower("sac", {}) is None and HPGD.check_follower("ppo", {"estimator": "trajectory"}) is None
+    from bilevel_rl.capabilities import Capability, CapabilityError, check_compatible
+    from bilevel_rl.followers import follower_class
+
+    req = HPGD.requirements(HPGDConfig(estimator="generative"))
+    assert "upper.estimator=generative" in req[Capability.GENERATIVE_MODEL]
+    assert Capability.GENERATIVE_MODEL not in HPGD.requirements(HPGDConfig())
+    with pytest.raises(CapabilityError, match="generative model.*follower=sac lacks.*upper.estimator=generative"):
+        check_compatible("hpgd", req, "sac", follower_class("sac").declared_capabilities({"name": "sac"}))
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -2,7 +2,7 @@
 
 The rule runs unchanged on the tabular RuleLab. For the gradient checks both followers play *fixed* policies
 (``SoftPolicyGradient`` with a 1e-12 learning rate only samples): ``π_y`` = uniform, ``π̂ = π*(x)``, so the
-closed forms of :mod:`bilevel_rl.tabular.estimators_penalty` apply exactly. Measured (seed 0, 1024 envs × 1000
+closed forms of :mod:`bilevel_rl.tabular.checks.penalty` apply exactly. Measured (seed 0, 1024 envs × 1000
 steps, episodes of 10 steps at γ = 0.5): value penalty cosine 0.99999 (relative error 0.005), Bellman with mixed
 rollouts 0.99999 (0.005), Bellman depth-1 (episode-start states) 0.002 from its own truncated closed form but 0.117
 from the full Bellman gradient (the truncation; cosine 0.993, so the check uses relative errors);
@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from bilevel_rl.data.preference_buffer import PreferenceBuffer
-from bilevel_rl.tabular.estimators_penalty import bellman_penalty_grad_exact, value_penalty, value_penalty_grad_exact
-from bilevel_rl.tabular.estimators_sampling import reward_vjp
-from bilevel_rl.tabular.estimators_sobirl import expected_trajectory_loss
-from bilevel_rl.tabular.followers import SoftPolicyGradient
-from bilevel_rl.tabular.rule_lab import RuleLab, make_rule_lab
-from bilevel_rl.upper.common import pair_losses
+from bilevel_rl.tabular.checks.penalty import bellman_penalty_grad_exact, value_penalty, value_penalty_grad_exact
+from bilevel_rl.tabular.checks.sobirl import expected_trajectory_loss
+from bilevel_rl.tabular.core.reward import reward_vjp
+from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
+from bilevel_rl.tabular.lab.rule_lab import RuleLab, make_rule_lab
+from bilevel_rl.upper.estimators import pair_losses
 from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
-from tests.helpers import TINY, assert_refused, cli, metrics
+from tests.helpers import TINY, assert_refused, cli, leader_step, metrics
 
 STEPS, ENVS = 1000, 1024  # per env; ~100k episodes of 10 steps per follower
 
@@ -57,7 +57,7 @@ def frozen_penalty_direction(**config) -> tuple[RuleLab, torch.Tensor, torch.Ten
     buffer = lab.buffer(512, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()
     bt = torch.autograd.grad(pair_losses(lab.reward_model, buffer.all())[0].mean(), lab.x)[0]
-    rule.update(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    rule.update(leader_step(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1))
     direction = (x0 - lab.x.detach() - bt) / rule.penalty_coefficient()
     lab.x.data.copy_(x0)
     return lab, direction, lab.follower.pi, pi_hat
@@ -82,9 +82,16 @@ def test_bellman_penalty_mixed_rollouts_match_closed_form_and_depth1_is_a_trunca
 
 
 def test_mixed_bellman_refused_for_sb3_followers():
-    reason = PBRL.check_follower("sac", {"penalty": "bellman", "bellman_estimator": "mixed"})
-    assert reason is not None and "upper.bellman_estimator" in reason
-    assert PBRL.check_follower("sac", {"penalty": "bellman"}) is None
+    from bilevel_rl.capabilities import Capability, CapabilityError, check_compatible
+    from bilevel_rl.followers import follower_class
+
+    req = PBRL.requirements(PBRLConfig(penalty="bellman", bellman_estimator="mixed"))
+    assert "upper.bellman_estimator" in req[Capability.GENERATIVE_MODEL]
+    assert Capability.GENERATIVE_MODEL not in PBRL.requirements(PBRLConfig(penalty="bellman"))
+    sac = follower_class("sac").declared_capabilities({"name": "sac"})
+    with pytest.raises(CapabilityError, match="upper.bellman_estimator=mixed"):
+        check_compatible("pbrl", req, "sac", sac)
+    check_compatible("pbrl", PBRL.requirements(PBRLConfig(penalty="bellman")), "sac", sac)
 
 
 @pytest.mark.parametrize(("on_policy", "passes"), [(True, True), (False, False)])
@@ -101,7 +108,7 @@ def test_extra_policy_loss_is_the_score_function_gradient_of_f(on_policy, passes
     buffer = PreferenceBuffer(200_000)  # on-policy pairs, or pairs of the uniform policy (stale, off-policy)
     behaviour = None if on_policy else torch.full_like(follower.pi, 0.5)
     buffer.add(lab.pairs(200_000, torch.Generator().manual_seed(2), pi=behaviour))
-    rule.update(buffer, 0, np.random.default_rng(0), iteration=1)
+    rule.update(leader_step(buffer, 0, np.random.default_rng(0), iteration=1))
     g = torch.autograd.grad(rule.policy_loss(), follower.theta)[0] / rule.policy_loss_coefficient()
     theta = follower.theta.detach().clone().requires_grad_(True)
     f = expected_trajectory_loss(lab.x.detach(), torch.softmax(theta, 1), lab.reward_fn, lab.mdp, lab.loss)
@@ -122,7 +129,7 @@ def test_follower_gap_shrinks_as_lambda_grows():
         gen, rng, tail = torch.Generator().manual_seed(1), np.random.default_rng(0), []
         for k in range(1, 16):
             batch = lab.on_policy_batch(100)
-            rule.update(lab.buffer(512, gen), 1, rng, batch=batch, iteration=k)
+            rule.update(leader_step(lab.buffer(512, gen), 1, rng, batch=batch, iteration=k))
             if k > 10:
                 tail.append(float(value_penalty(lab.x.detach(), lab.reward_fn, lab.follower.pi, lab.mdp)))
         gaps.append(float(np.mean(tail)))
@@ -223,7 +230,7 @@ def test_penalty_hinge_drops_a_negative_penalty_estimate(hinge):
     buffer = lab.buffer(512, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()
     bt = torch.autograd.grad(pair_losses(lab.reward_model, buffer.all())[0].mean(), lab.x)[0]
-    metrics_ = rule.update(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1)
+    metrics_ = rule.update(leader_step(buffer, 1, np.random.default_rng(0), batch=batch, iteration=1))
     assert metrics_["upper/penalty_estimate"] < 0
     penalty_part = (x0 - lab.x.detach() - bt).norm()
     assert metrics_["upper/penalty_active"] == (0.0 if hinge else 1.0)
@@ -244,7 +251,7 @@ def test_log_prob_floor_bounds_the_extra_policy_loss():
         pairs = buffer.all()
         obs = torch.as_tensor(pairs.obs).flatten(0, 2)
         logp = follower.action_dist(obs, grad=True).log_prob(torch.as_tensor(pairs.actions).flatten(0, 2))
-        total = rule.pair_log_probs(follower, pairs, grad=True)
+        total = rule.policy_loss.log_probs(follower, pairs, grad=True)
         if floor is None:
             assert float(logp.detach().min()) < lowest and torch.allclose(total, logp.reshape(64, -1).sum(1))
         else:

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
-from bilevel_rl.tabular.estimators_ppa import ppa_exact_terms
-from bilevel_rl.tabular.followers import SoftPolicyGradient
-from bilevel_rl.tabular.rule_lab import make_rule_lab
-from bilevel_rl.tabular.soft_mdp import DTYPE
+from bilevel_rl.tabular.checks.ppa import ppa_exact_terms
+from bilevel_rl.tabular.core.soft_mdp import DTYPE
+from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
+from bilevel_rl.tabular.lab.rule_lab import make_rule_lab
 from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.ppa import PPA, PPAConfig, conjugate_gradient, episode_steps
-from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
+from tests.helpers import assert_refused, cli, finite_after_warmup, leader_step, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "max_grad_norm": None}
@@ -38,7 +38,7 @@ def one_step(lab, rule, n, pair_seed, seed=0, iteration=1):
     rule.attach(lab.follower, lab.reward_model)
     buffer = lab.buffer(n, torch.Generator().manual_seed(pair_seed))
     x0 = lab.x.detach().clone()
-    out = rule.update(buffer, 1, np.random.default_rng(seed), batch=lab.batch, iteration=iteration)
+    out = rule.update(leader_step(buffer, 1, np.random.default_rng(seed), batch=lab.batch, iteration=iteration))
     step = x0 - lab.x.detach()
     with torch.no_grad():
         lab.x.copy_(x0)
@@ -79,10 +79,9 @@ def test_dice_hessian_is_the_exact_follower_hessian_and_eq28_is_not(lab):
     for form in ("full", "paper_eq28"):
         rule = ppa(hessian=form)
         rule.attach(lab.follower, lab.reward_model)
-        rule.batch, rule.iteration = lab.batch, 1
-        info = rule.before_update()
+        graph, info = rule.prepare(leader_step(None, 1, np.random.default_rng(0), batch=lab.batch, iteration=1))
         assert info["upper/hessian_episodes"] == 500 * 10 and info["upper/hessian_steps"] == 500 * 120
-        found[form] = compare(torch.stack([rule._hvp(e) for e in torch.eye(theta.numel(), dtype=DTYPE)]), exact)
+        found[form] = compare(torch.stack([graph.hvp(e) for e in torch.eye(theta.numel(), dtype=DTYPE)]), exact)
     print("PPA Hessian", found)
     assert found["full"][0] > 0.995 and found["full"][1] < 0.08
     assert found["paper_eq28"][1] > 0.3
@@ -124,7 +123,9 @@ def test_a_follower_without_policy_parameters_is_refused():
     rule = ppa(32)
     rule.attach(oracle.follower, oracle.reward_model)
     with pytest.raises(ValueError, match="parametric policy"):
-        rule.update(oracle.buffer(32, torch.Generator().manual_seed(0)), 1, np.random.default_rng(0), batch, 1)
+        rule.update(
+            leader_step(oracle.buffer(32, torch.Generator().manual_seed(0)), 1, np.random.default_rng(0), batch, 1)
+        )
 
 
 def test_direct_term_switch_and_stale_pairs(lab):

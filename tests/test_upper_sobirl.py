@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel_rl.followers.base import Follower
-from bilevel_rl.tabular.estimators_sobirl import sobirl_exact, sobirl_practical_exact
-from bilevel_rl.tabular.followers import PolicyMirrorDescent, SoftVIOracle
-from bilevel_rl.tabular.rule_lab import make_rule_lab
-from bilevel_rl.tabular.soft_mdp import SoftMDP
+from bilevel_rl.tabular.checks.sobirl import sobirl_exact, sobirl_practical_exact
+from bilevel_rl.tabular.core.soft_mdp import SoftMDP
+from bilevel_rl.tabular.lab.followers import PolicyMirrorDescent, SoftVIOracle
+from bilevel_rl.tabular.lab.rule_lab import make_rule_lab
 from bilevel_rl.upper.base import make_rule
 from bilevel_rl.upper.drlhf import DRLHF, DRLHFConfig
 from bilevel_rl.upper.sobirl import SoBiRL, SoBiRLConfig
 from bilevel_rl.upper.stoc_sobirl import StocSoBiRL, StocSoBiRLConfig
-from tests.helpers import assert_refused, cli, finite_after_warmup, tiny
+from tests.helpers import assert_refused, cli, finite_after_warmup, leader_step, tiny
 from tests.tabular_helpers import compare
 
 SGD = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0}
@@ -35,7 +34,7 @@ def one_step(lab, rule, buffer, seed=0, iteration=1):
     """``x_before − x_after`` of one update (x is restored afterwards) and the update's metrics."""
     rule.attach(lab.follower, lab.reward_model)
     x0 = lab.x.detach().clone()
-    out = rule.update(buffer, 1, np.random.default_rng(seed), iteration=iteration)
+    out = rule.update(leader_step(buffer, 1, np.random.default_rng(seed), iteration=iteration))
     step = x0 - lab.x.detach()
     with torch.no_grad():
         lab.x.copy_(x0)
@@ -77,8 +76,7 @@ def test_surrogate_gradient_is_eq99_on_a_batch(baseline, fresh):
     cfg = SoBiRLConfig(baseline=baseline, hyper_term_on="fresh" if fresh else "all", hyper_weight=0.7, **SGD)
     rule = SoBiRL(cfg)
     rule.attach(lab.follower, lab.reward_model)
-    rule.iteration = 1
-    s = rule.surrogate(pairs)
+    s = rule.surrogate(pairs, leader_step(None, 1, np.random.default_rng(0), iteration=1), None)
     grad = torch.autograd.grad(s.loss, lab.x)[0]
     coef = 0.7 / lab.mdp.tau
     mask = (pairs.iteration == 1).astype(np.float64) if fresh else None
@@ -219,14 +217,25 @@ def test_bad_momentum_hyperparameters_are_refused(params, key):
 
 
 def test_rollout_needs_a_generative_model_and_a_positive_temperature():
+    from bilevel_rl.capabilities import Capability
+    from bilevel_rl.followers import follower_class
+
+    for cls, cfg in ((SoBiRL, SoBiRLConfig), (StocSoBiRL, StocSoBiRLConfig)):
+        req = cls.requirements(cfg(estimator="rollout"))
+        assert "upper.estimator=rollout" in req[Capability.GENERATIVE_MODEL]
+        assert Capability.GENERATIVE_MODEL not in cls.requirements(cfg())
     for name in ("sac", "ppo", "a2c"):
-        assert "upper.estimator=rollout" in SoBiRL.check_follower(name, {"estimator": "rollout"})
-        assert StocSoBiRL.check_follower(name, {"estimator": "rollout"})
-        assert SoBiRL.check_follower(name, {"estimator": "truncated"}) is None
+        assert Capability.GENERATIVE_MODEL not in follower_class(name).declared_capabilities({"name": name})
     lab = make_rule_lab(seed=0, follower_cls=PolicyMirrorDescent)
 
     class NoGenerativeModel(SoftVIOracle):
-        rollouts_from = Follower.rollouts_from
+        @classmethod
+        def declared_capabilities(cls, params=None):
+            return super().declared_capabilities(params) - {Capability.GENERATIVE_MODEL}
+
+        @property
+        def capabilities(self):
+            return self.declared_capabilities()
 
     blind = NoGenerativeModel(lab.mdp, lab.true_reward, lab.follower.config, 0)
     with pytest.raises(ValueError, match="upper.estimator=rollout"):
@@ -253,14 +262,15 @@ def test_stoc_sobirl_with_eta_one_is_sobirl():
         with torch.no_grad():
             lab.x.copy_(x0)
         for k in range(3):
-            rule.update(buffer_of(lab, 256, k), 1, np.random.default_rng(k), iteration=1)
+            rule.update(leader_step(buffer_of(lab, 256, k), 1, np.random.default_rng(k), iteration=1))
         xs[rule.name] = lab.x.detach().clone()
     torch.testing.assert_close(xs["stoc_sobirl"], xs["sobirl"], rtol=0, atol=1e-14)
     assert (xs["sobirl"] - x0).norm() > 1e-2
 
 
 def gradient_of(rule, lab, pairs):
-    return torch.autograd.grad(rule.surrogate(pairs).loss, lab.x)[0]
+    step = leader_step(None, 1, np.random.default_rng(0), iteration=1)
+    return torch.autograd.grad(rule.surrogate(pairs, step, None).loss, lab.x)[0]
 
 
 def test_stoc_sobirl_correction_is_evaluated_at_the_previous_parameters_on_the_new_samples():
@@ -274,11 +284,11 @@ def test_stoc_sobirl_correction_is_evaluated_at_the_previous_parameters_on_the_n
     plain.attach(lab.follower, lab.reward_model)
     b1, b2 = buffer_of(lab, 64, 1), buffer_of(lab, 64, 2)
     x1 = lab.x.detach().clone()
-    rule.update(b1, 1, np.random.default_rng(0), iteration=1)
+    rule.update(leader_step(b1, 1, np.random.default_rng(0), iteration=1))
     x2 = lab.x.detach().clone()
     h1 = (x1 - x2) / lr
     torch.testing.assert_close(h1, _grad_at(plain, lab, b1, x1), rtol=1e-9, atol=1e-12)
-    rule.update(b2, 1, np.random.default_rng(1), iteration=1)
+    rule.update(leader_step(b2, 1, np.random.default_rng(1), iteration=1))
     h2 = (x2 - lab.x.detach()) / lr
     expected = _grad_at(plain, lab, b2, x2) + (1 - eta) * (h1 - _grad_at(plain, lab, b2, x1))
     torch.testing.assert_close(h2, expected, rtol=1e-9, atol=1e-12)
@@ -323,7 +333,7 @@ def test_stoc_sobirl_momentum_tracks_a_moving_gradient_better_than_one_sample_an
         target = sobirl_practical_exact(xk, lab.reward_fn, pi, lab.mdp, lab.loss).grad
         buf = lab.buffer(n, gen)
         g = gradient_of(plain, lab, buf.all())
-        rule.update(buf, 1, np.random.default_rng(k), iteration=1)
+        rule.update(leader_step(buf, 1, np.random.default_rng(k), iteration=1))
         h = (xk - lab.x.detach()) / lr
         ema = g if ema is None else eta * g + (1 - eta) * ema
         for key, est in (("one", g), ("storm", h), ("ema", ema)):
@@ -344,18 +354,18 @@ def test_stoc_sobirl_paper_schedule_and_checkpoint_round_trip():
     a = StocSoBiRL(cfg)
     a.attach(lab.follower, lab.reward_model)
     for k in range(2):
-        a.update(buffer_of(lab, 64, k), 1, np.random.default_rng(k), iteration=1)
+        a.update(leader_step(buffer_of(lab, 64, k), 1, np.random.default_rng(k), iteration=1))
     state = a.state_dict()
     assert state["rule"]["step"] == 4 and state["rule"]["momentum"] is not None
     x_mid = lab.x.detach().clone()
-    a.update(buffer_of(lab, 64, 9), 1, np.random.default_rng(9), iteration=1)
+    a.update(leader_step(buffer_of(lab, 64, 9), 1, np.random.default_rng(9), iteration=1))
     x_a = lab.x.detach().clone()
     with torch.no_grad():
         lab.x.copy_(x_mid)
     b = StocSoBiRL(cfg)
     b.attach(lab.follower, lab.reward_model)
     b.load_state_dict(state)
-    b.update(buffer_of(lab, 64, 9), 1, np.random.default_rng(9), iteration=1)
+    b.update(leader_step(buffer_of(lab, 64, 9), 1, np.random.default_rng(9), iteration=1))
     torch.testing.assert_close(lab.x.detach(), x_a, rtol=0, atol=1e-14)
     assert (x_a - x_mid).norm() > 1e-3
 

@@ -1,6 +1,6 @@
 """Atari feature extractors for SB3 followers: the PBRL A2C actor-critic trunk and a config-name registry.
 
-PBRL App. E.2 (L1482–1484; PBRL digest §3.2 "Actor-critic (shared trunk)") uses a trunk that differs from SB3's
+PBRL App. E.2 (the actor-critic with a shared trunk) uses a trunk that differs from SB3's
 ``NatureCNN`` (32/64/64 filters, FC 512): conv 8/5/4/4 with strides 4/2/1/1 and 16/32/32/32 filters, ReLU,
 spatial size 84→20→8→5→2, flatten 128 → FC 256 → ReLU, shared by a linear policy head and a linear value head.
 
@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from bilevel_rl.reward_models.cnn import is_atari_stack_space
 
-#: ``(filters, kernel, stride)`` of the PBRL actor-critic trunk (PBRL App. E.2 L1482–1484), no padding.
+#: ``(filters, kernel, stride)`` of the PBRL actor-critic trunk (PBRL App. E.2), no padding.
 PBRL_TRUNK_CONVS: tuple[tuple[int, int, int], ...] = ((16, 8, 4), (32, 5, 2), (32, 4, 1), (32, 4, 1))
 #: Width of the trunk's fully connected layer (PBRL App. E.2): the extractor's ``features_dim``.
 PBRL_TRUNK_FEATURES = 256

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from bilevel_rl.capabilities import Capability
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.reward_models.base import RewardModel
 
@@ -39,11 +40,53 @@ class Follower(ABC):
     Implementations must train on the *current* reward model (off-policy: relabel at replay-sample time;
     on-policy: a reward wrapper), keep the environment's true reward for the teacher and evaluation, and
     record the transitions of their last :meth:`learn` call for :meth:`collect`.
+
+    The abstract methods are the seam every follower provides. The other methods are optional; a follower states
+    which ones it implements through its capabilities (:meth:`declared_capabilities` from the config before
+    anything is built, :attr:`capabilities` live), and each :class:`~bilevel_rl.capabilities.Capability` it lists
+    guarantees:
+
+    * ``TEMPERATURE``: :attr:`temperature` is ``> 0`` (every follower has the property; without the capability
+      it may be 0, e.g. PPO/A2C with ``ent_coef = 0``).
+    * ``GAMMA``: :attr:`gamma` returns the follower's own discount factor.
+    * ``ACTION_DIST``: :meth:`action_dist` with ``grad=False``.
+    * ``PARAMETRIC_POLICY``: :meth:`action_dist` with ``grad=True`` is differentiable in the policy parameters.
+    * ``EXTRA_POLICY_LOSS``: :meth:`set_extra_policy_loss`.
+    * ``SPAWN``: :meth:`spawn`.
+    * ``GENERATIVE_MODEL``: :meth:`rollouts_from`.
+    * ``TRUE_REWARD``: :meth:`set_reward_model_to_true_reward`.
+    * ``VIDEO``: :meth:`record_video`.
+
+    A method whose capability is not listed raises ``NotImplementedError`` with a one-line reason.
     """
 
     observation_space: gym.spaces.Space
     action_space: gym.spaces.Space
 
+    # ------------------------------------------------------------------ capabilities
+    @classmethod
+    def declared_capabilities(cls, params: Mapping[str, Any] | None = None) -> frozenset[Capability]:
+        """What a follower of this class built from ``params`` can do; used by config validation before building.
+
+        Args:
+            params: the ``follower.*`` config keys (e.g. ``{"name": "ppo", "algo_kwargs": {"ent_coef": 0.0}}``);
+                ``None``: the class defaults.
+
+        The base declares nothing; subclasses list exactly what they implement (see the class docstring).
+        """
+        return frozenset()
+
+    @property
+    def config_params(self) -> Mapping[str, Any] | None:
+        """The ``follower.*`` config keys this follower was built from (``None``: the class defaults)."""
+        return None
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this follower can do now; by default :meth:`declared_capabilities` of :attr:`config_params`."""
+        return type(self).declared_capabilities(self.config_params)
+
+    # ------------------------------------------------------------------ seam
     @abstractmethod
     def set_reward_model(self, reward_model: RewardModel) -> None:
         """Train on this reward model from now on."""
@@ -77,6 +120,13 @@ class Follower(ABC):
     @abstractmethod
     def temperature(self) -> float:
         """Entropy temperature: SAC α, the entropy coefficient of PPO/A2C, or τ of a tabular follower."""
+
+    @property
+    def gamma(self) -> float:
+        """The follower's own discount factor (``Capability.GAMMA``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no discount factor of its own (Capability.GAMMA); configure the rule's gamma"
+        )
 
     def set_reward_model_to_true_reward(self) -> None:
         """Train on the environment's own reward (the SAC-on-true-reward baseline); no reward model is used."""
@@ -134,9 +184,17 @@ class Follower(ABC):
             "use an estimator that needs only on-policy trajectories"
         )
 
+    def record_video(self, seed: int, max_steps: int = 1000) -> np.ndarray:
+        """Frames ``(T, H, W, 3)`` of one evaluation episode of at most ``max_steps`` steps."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record a video")
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: networks, optimizers, replay buffer, env and RNG states."""
+        """Everything needed to continue exactly: networks, optimizers, replay buffer, env and RNG states.
+
+        One self-contained nested dict (tensors, numpy arrays and plain python values may sit anywhere in it);
+        the caller stores it as it is and hands the same dict back to :meth:`load_state_dict`.
+        """
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Discrete-action SAC (Christodoulou 2019) as an SB3 off-policy algorithm.
 
-This follows the lower-level solver of the SoBiRL code (digest ``sobirl.md`` §4.3, ``sac_subroutine.py``,
+This follows the lower-level solver of the SoBiRL code (SoBiRL App. J.2; ``sac_subroutine.py``,
 "adapted from cleanrl sac_atari.py"): exact expectations over the finite action set instead of sampled actions,
 two critics with separate encoders and target copies, automatic temperature tuning towards a target entropy of
 ``0.89 * log|A|``, hard target copies every 8000 env steps, one update every 4 env steps after 20 000 random
@@ -304,7 +304,7 @@ class CnnDiscreteSACPolicy(DiscreteSACPolicy):
 
 
 class DiscreteSAC(OffPolicyAlgorithm):
-    """Discrete SAC (Christodoulou 2019) with the SoBiRL code's defaults (digest ``sobirl.md`` §4.3).
+    """Discrete SAC (Christodoulou 2019) with the SoBiRL code's defaults (SoBiRL App. J.2).
 
     Updates, per gradient step, in the cleanrl/SoBiRL order (critic, actor, temperature), with
     ``pi = softmax(logits)`` and ``alpha = exp(log_alpha)`` taken before the step:

@@ -1,7 +1,7 @@
 """A replay buffer for frame-stacked image observations that stores each frame once.
 
 SB3's ``ReplayBuffer`` stores the full ``(K, 84, 84)`` stack twice per transition (obs and next_obs): 56 kB a
-step, 56 GB for the 1M-step buffers of the SoBiRL Atari set-up (digest ``sobirl.md`` §4.3-4.5: discrete SAC
+step, 56 GB for the 1M-step buffers of the SoBiRL Atari set-up (SoBiRL App. J.2 and code: discrete SAC
 with a 1M replay and 4 stacked 84×84 frames). ``FrameStackReplayBuffer`` keeps only the newest frame of each
 observation (7 kB) and rebuilds both stacks when a batch is sampled, exactly as SB3's ``VecFrameStack`` built
 them (zero padding before an episode's first frame).

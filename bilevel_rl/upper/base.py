@@ -101,8 +101,9 @@ class UpperRule(ABC):
         Raises:
             CapabilityError: the live follower lacks something :meth:`requirements` asks for.
         """
-        config = getattr(self, "config", None)
-        check_compatible(self.name, self.requirements(config), type(follower).__name__, follower.capabilities)
+        required = self.requirements(getattr(self, "config", None))
+        if required:
+            check_compatible(self.name, required, type(follower).__name__, follower.capabilities)
         self.follower = follower
         self.reward_model = reward_model
 

@@ -13,10 +13,9 @@ term removed. One "epoch" is a full shuffled pass over the buffer in minibatches
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from typing_extensions import override
-
-from typing import Any
 
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.upper.base import LeaderStep

@@ -175,9 +175,7 @@ class HPGD(PreferenceRule):
         actions = torch.as_tensor(pairs.actions, device=model.device).reshape(-1, *pairs.actions.shape[3:])
         rows = coef.reshape(-1) != 0  # with a trace the cumulated weight outlives the step's own weight
         taken = (coef.reshape(-1)[rows] * model(obs[rows], actions[rows])).sum()
-        expected = expected_policy_reward(
-            model, self.follower, obs[active], self.config.action_samples, step.generator
-        )
+        expected = expected_policy_reward(model, self.follower, obs[active], self.config.action_samples, step.generator)
         return taken - (w.reshape(-1)[active] * expected).sum()
 
     def _generative_term(self, pairs: PreferencePairs, w: torch.Tensor, step: LeaderStep) -> torch.Tensor:

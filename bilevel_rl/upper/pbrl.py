@@ -109,7 +109,6 @@ class PBRLConfig(PenaltyFollowerConfig):
         return lam if self.lam_max is None else min(lam, self.lam_max)
 
 
-
 class PBRL(PenaltyRule):
     """PBRL with the value or the Bellman penalty (see the module docstring)."""
 

@@ -95,7 +95,10 @@ class BestResponse:
         metrics = br.learn(steps)
         batch = br.collect(max(1, steps // br.num_envs))
         out = {f"upper/best_response/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
-        return batch, out | {"upper/best_response/env_steps": float(br.num_timesteps), "upper/best_response/steps": steps}
+        return batch, out | {
+            "upper/best_response/env_steps": float(br.num_timesteps),
+            "upper/best_response/steps": steps,
+        }
 
 
 class PreferencePolicyLoss:

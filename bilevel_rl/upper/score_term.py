@@ -142,8 +142,6 @@ def surrogate_loss(reward_fn: RewardFn, s: HyperSamples, baseline: str) -> tuple
     return bt + s.coef * hyper, returns, terms
 
 
-
-
 class ScoreTerm:
     """Draws the score-term samples of one minibatch and scales them (a component of the SoBiRL rules).
 

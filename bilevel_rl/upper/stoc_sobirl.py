@@ -1,8 +1,8 @@
 """Stoc-SoBiRL: SoBiRL's hypergradient with STORM-type momentum (SoBiRL Algorithms 3 and 4, App. I).
 
 Each leader step ``k`` draws fresh samples ``D_k`` (a minibatch of pairs plus the estimator's action samples or
-rollouts, :meth:`~bilevel_rl.upper.score_term.ScoreTerm.draw`), and with ``g(x; D)`` the SoBiRL estimate (eq. 99 or eq. 14, see
-:mod:`bilevel_rl.upper.sobirl`) forms, eq. (81) (L251, L1593)::
+rollouts, :meth:`~bilevel_rl.upper.score_term.ScoreTerm.draw`), and with ``g(x; D)`` the SoBiRL estimate (eq. 99 or
+eq. 14, see :mod:`bilevel_rl.upper.score_term`) forms, eq. (81) (L251, L1593)::
 
     h_k = g(x_k; D_k) + (1 − η_k)(h_{k−1} − g(x_{k−1}; D_k)),         x_{k+1} = x_k − β_k h_k
 
