@@ -204,7 +204,7 @@ def _verify(path: Path) -> None:
         raise CorruptCheckpointError(path, f"manifest.json is unreadable ({type(e).__name__}: {e})") from e
     if version != FORMAT_VERSION:
         raise CorruptCheckpointError(path, f"manifest.json has format version {version}; this reads {FORMAT_VERSION}")
-    for name, (size, digest) in expected.items():
+    for name, (size, expected_sha) in expected.items():
         file = path / name
         try:
             actual = file.stat().st_size
@@ -212,7 +212,7 @@ def _verify(path: Path) -> None:
                 raise CorruptCheckpointError(path, f"{name} is empty (the manifest says {size} bytes)")
             if actual != size:
                 raise CorruptCheckpointError(path, f"{name} has {actual} bytes, the manifest says {size} (truncated?)")
-            if _sha256(file) != digest:
+            if _sha256(file) != expected_sha:
                 raise CorruptCheckpointError(path, f"{name} does not match its sha256 in the manifest (garbled bytes)")
         except OSError as e:
             raise CorruptCheckpointError(path, f"cannot read {name} ({type(e).__name__}: {e.strerror or e})") from e

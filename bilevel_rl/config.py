@@ -140,7 +140,7 @@ def sweep_overrides(args: list[str], limit: int = 256) -> list[list[str]]:
         if o.is_sweep_override():
             choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:
-            choices.append([o.input_line])
+            choices.append([str(o.input_line)])
     jobs = [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
     return jobs or [[]]
 
@@ -191,7 +191,7 @@ def build_sections(cfg: DictConfig) -> Sections:
     for key in cfg:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            raise ConfigError(f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise ConfigError(f"{key!s}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
     out: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         values = dict(_plain(cfg[name]) or {})

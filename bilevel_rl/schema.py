@@ -76,13 +76,22 @@ def check_dataclass(obj: Any, prefix: str) -> None:
             setattr(obj, f.name, float(value))
 
 
+class _Choice(str, enum.Enum):
+    """Base of the generated choice enums: prints as the plain choice."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
 def _structured_type(tp: Any, name: str) -> Any:
     optional, inner = _is_optional(tp)
     choices = _choices(inner)
+    new: Any
     if choices is not None:
-        members = {str(c): str(c) for c in choices}
-        new: Any = enum.Enum(name, members, type=str)  # type: ignore[misc]
-        new.__str__ = new.__format__ = lambda self, *_: str(self.value)  # prints as the plain choice
+        new = _Choice(name, {str(c): str(c) for c in choices})  # type: ignore[call-overload]
     elif get_origin(inner) is tuple:
         args = [a for a in get_args(inner) if a is not Ellipsis]
         new = list[args[0]] if args else list[Any]  # type: ignore[valid-type]
@@ -91,6 +100,10 @@ def _structured_type(tp: Any, name: str) -> Any:
     else:
         new = inner
     return typing.Optional[new] if optional else new  # noqa: UP007, UP045 - built at runtime from a type object
+
+
+def _list_factory(values: tuple[Any, ...]) -> Any:
+    return lambda: list(values)
 
 
 def schema_fields(schema_name: str) -> list[str]:
@@ -115,7 +128,7 @@ def structured(cls: type) -> type:
         if f.default is not dataclasses.MISSING:
             default = f.default
             if isinstance(default, tuple):
-                default = dataclasses.field(default_factory=lambda d=default: list(d))
+                default = dataclasses.field(default_factory=_list_factory(default))
             elif isinstance(default, enum.Enum):
                 pass
             elif _choices(_is_optional(hints[f.name])[1]) is not None and default is not None:

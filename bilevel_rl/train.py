@@ -61,7 +61,8 @@ def resolve_resume(cfg: DictConfig | None, run_dir: Path, cli_overrides: list[st
                 continue
             if key in GROUPS and key != "exp":  # a group choice, e.g. env=halfcheetah: merge that preset
                 preset = OmegaConf.load(CONFIG_DIR / key / f"{value}.yaml")
-                preset.pop("defaults", None)  # type: ignore[union-attr]
+                if isinstance(preset, DictConfig):
+                    preset.pop("defaults", None)
                 groups.append(OmegaConf.create({key: preset}))
             else:
                 dotlist.append(f"{key}={value}")
@@ -132,7 +133,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         wandb_project=s.logger.project,
         wandb_group=cfg.exp_name,
         run_name=f"{cfg.exp_name}_{s.env.id}_seed{seed}".replace("/", "-").replace(":", "-"),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config={str(k): v for k, v in OmegaConf.to_container(cfg, resolve=True).items()},  # type: ignore[union-attr]
         resume_step=int(state["env_steps"]) if state is not None else None,
     )
     meta = {"env_id": s.env.id, "follower": f.name, "upper": s.upper.name, "seed": seed}

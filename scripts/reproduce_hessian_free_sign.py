@@ -137,8 +137,8 @@ def main() -> None:
         "",
         f"* Date: {args.date}. Machine: {args.machine}; Python {platform.python_version()}, torch {torch.__version__},"
         f" one torch thread. CPU time (process time) of the whole script: **{cpu:.0f} s**.",
-        "* Code: `bilevel_rl/tabular/hessian_free.py` (`run_hessian_free`, `reward_direction`, `QuadraticBilevel`,"
-        " `TabularRewardShaping`). Raw rows: `hessian_free_sign.csv`.",
+        "* Code: `bilevel_rl/tabular/repro/hessian_free.py` (`run_hessian_free`, `reward_direction`,"
+        " `QuadraticBilevel`, `TabularRewardShaping`). Raw rows: `hessian_free_sign.csv`.",
         "* Method as implemented (exact gradients, no critic/sampling): two followers, λ ← λ + (τ_1/k) d_k/‖d_k‖ with"
         " d_k = ∇_λJ(φ,λ) and λ' ← λ' + (τ_1/k) d'_k/‖d'_k‖ with d'_k = ∇_λJ(φ,λ') − σ∇_λG(φ,λ') (k = 1…K,"
         " warm-started; the printed l.8/l.7 routing errors P3/P4 fixed), then φ ← φ − η d_t with d_t = ∇_φG(φ,λ') ±"

@@ -317,8 +317,8 @@ def write_markdown(args, summary, meta1, lam_rows, meta2, path: Path, df: pd.Dat
         " one torch thread.",
         f"* CPU time (process time): Fig. 1 runs {', '.join(f'{k} {v:.0f} s' for k, v in meta1['cpu_s'].items())};"
         f" λ table {meta2['cpu_s']:.0f} s; total **{total_cpu / 60:.1f} min**.",
-        "* Code: `bilevel_rl/tabular/stackelberg.py` (game, Lemma-18 follower MDP, exact hypergradient, sampler),"
-        " `bilevel_rl/tabular/pbrl.py` (Algorithm 1, value and Bellman penalties, estimators, oracles).",
+        "* Code: `bilevel_rl/tabular/repro/stackelberg.py` (game, Lemma-18 follower MDP, exact hypergradient, sampler),"
+        " `bilevel_rl/tabular/repro/pbrl.py` (Algorithm 1, value and Bellman penalties, estimators, oracles).",
         "* Raw data: `pbrl_stackelberg.csv` (every logged point, per game and method), `pbrl_stackelberg.json`"
         " (reference solutions, λ table, CPU times); plot: `pbrl_stackelberg.png`.",
         "",

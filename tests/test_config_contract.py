@@ -90,7 +90,7 @@ def test_a_refused_multirun_job_stops_the_whole_sweep_before_anything_runs(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def _digest(path):
+def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -115,13 +115,13 @@ def test_resume_never_rewrites_the_original_runs_files(finished_run, tmp_path):
     src, _ = finished_run
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
-    originals = {p: _digest(run_dir / p) for p in ("run_config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml")}
+    originals = {p: _sha256(run_dir / p) for p in ("run_config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml")}
     cli(f"checkpoint.resume_from={run_dir}", "trainer.total_steps=800")
-    assert {p: _digest(run_dir / p) for p in originals} == originals
+    assert {p: _sha256(run_dir / p) for p in originals} == originals
     resumes = list(run_dir.glob("resume_*/.hydra/config.yaml"))
     assert len(resumes) == 1  # the resume's own record goes beside the original files
     proc = cli(f"checkpoint.resume_from={run_dir}", "env=halfcheetah", check=False)  # refused
-    assert proc.returncode == 2 and {p: _digest(run_dir / p) for p in originals} == originals
+    assert proc.returncode == 2 and {p: _sha256(run_dir / p) for p in originals} == originals
     assert len(list(run_dir.glob("resume_*"))) == 1
 
 

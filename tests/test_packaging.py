@@ -1,6 +1,7 @@
 """The top-level ``configs/`` ship inside the wheel: an installed copy, run from elsewhere, composes a preset."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,12 @@ def test_configs_live_at_the_top_level():
 
 
 def test_an_installed_wheel_run_from_another_directory_composes_the_quickstart(tmp_path):
-    wheels, site, cwd = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    src, wheels, site, cwd = tmp_path / "src", tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     cwd.mkdir()
+    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "runs", "multirun", "outputs")
+    shutil.copytree(ROOT, src, ignore=skip)  # setuptools writes build/ into the source tree
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
+    subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
     (wheel,) = wheels.glob("bilevel_rl-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -121,7 +121,7 @@ def test_coefficients_and_main_follower_role():
     rule.attach(lab.follower, lab.reward_model)
     assert set(rule.auxiliary_followers()) == {"best_response"} and rule.best_response is not lab.follower
     assert lab.follower._extra == rule.policy_loss  # the main follower is λ' (J − σG)
-    assert rule.best_response._extra is None  # type: ignore[union-attr]  # λ trains on J only (P3)
+    assert rule.best_response._extra is None  # type: ignore[union-attr]  # λ trains on J only (Alg. 3 l.6)
 
 
 @pytest.mark.parametrize(

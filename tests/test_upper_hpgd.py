@@ -73,8 +73,9 @@ def test_generative_estimator_matches_the_exact_hypergradient_and_drlhf_does_not
 
 def test_trajectory_estimator_bias_is_measured():
     # Exact expectations (trajectory enumeration, the report's table): on this lab (seed 1, gamma 0.9) trace 0 has
-    # cosine 0.996 and trace 1 (the within-segment reward-gradient-to-go of digest 5.3) 0.675, DRLHF 0.915. Sampled
-    # with 20k pairs: trace 0 0.9964, trace 1 0.645, trace 1 without baseline 0.025 (the state-dependent part of dQ).
+    # cosine 0.996 and trace 1 (the within-segment reward-gradient-to-go, docs/theory/hpgd_rlhf.md §3.2) 0.675,
+    # DRLHF 0.915. Sampled with 20k pairs: trace 0 0.9964, trace 1 0.645, trace 1 without baseline 0.025 (the
+    # state-dependent part of dQ).
     lab = lab_at_optimum(seed=1, gamma=0.9)
     exact = lab.exact_hypergradient()
     n = 20_000

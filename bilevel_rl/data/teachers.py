@@ -27,7 +27,7 @@ class Teacher(ABC):
 class OracleTeacher(Teacher):
     """The papers' oracle: the segment with the higher true return wins; equal returns give 0.5.
 
-    SoBiRL L1856: "preference is assigned to the trajectory with higher accumulated ground-truth reward".
+    SoBiRL App. J: "preference is assigned to the trajectory with higher accumulated ground-truth reward".
 
     Args:
         tie_tolerance: absolute return difference at or below which a pair counts as a tie.

@@ -1,6 +1,6 @@
 """Atari (ALE) environments with the DeepMind wrappers, the game score kept in ``info["true_reward"]``.
 
-Wrapper order of one training env (SoBiRL digest §4.5; Mnih et al. 2015 pre-processing as in SB3's
+Wrapper order of one training env (SoBiRL App. J.2 and the authors' code; Mnih et al. 2015 pre-processing as in SB3's
 ``AtariWrapper``, rebuilt from its blocks so the raw reward can be captured after frame skipping but before
 clipping)::
 
@@ -59,8 +59,8 @@ def is_atari(env_id: str) -> bool:
 class AtariConfig:
     """Atari pre-processing (config block ``env.atari``).
 
-    Defaults follow Mnih et al. (2015) as used by the SoBiRL code (digest §4.5) and PBRL (Christiano et al.
-    2017, digest §3): 30 no-op starts, 4-frame skip with max-pooling, 84×84 grey frames, 4-frame stack,
+    Defaults follow Mnih et al. (2015) as used by SoBiRL (App. J.2 and the authors' code) and PBRL (App. E.2, after
+    Christiano et al. 2017): 30 no-op starts, 4-frame skip with max-pooling, 84×84 grey frames, 4-frame stack,
     end-of-life = end-of-episode for training, rewards clipped to {-1, 0, 1} for the follower.
 
     Attributes:
@@ -72,7 +72,7 @@ class AtariConfig:
         frame_stack: Frames stacked on the channel axis (``VecFrameStack``).
         teacher_reward: Which reward goes into ``info["true_reward"]``, i.e. what the preference teacher sums
             and what diagnostics correlate with. Default ``"raw"`` (the game score after frame skipping) is the
-            SoBiRL paper text (L1856: "higher accumulated ground-truth reward") and PBRL (L559); the SoBiRL
+            SoBiRL paper (App. J: "higher accumulated ground-truth reward") and PBRL (§6.2); the SoBiRL
             code compared clipped returns, which is ``"clipped"``.
         eval_max_steps: Agent steps per evaluation episode at most (27 000 = 108 000 frames / 4).
     """

@@ -150,7 +150,7 @@ class Follower(ABC):
         """Add ``fn()`` to the policy loss at every policy gradient step from now on (``None`` removes it).
 
         ``fn`` must build its value through :meth:`action_dist` with ``grad=True``; only the policy parameters
-        receive its gradient. PBRL puts ``(1/λ)·(upper loss)`` here (PBRL §3.4; DESIGN.md).
+        receive its gradient. PBRL puts ``(1/λ)·(upper loss)`` here (docs/theory/penalty_methods.md §1.5).
         """
         raise NotImplementedError(f"{type(self).__name__} does not support an extra policy loss")
 

@@ -2,11 +2,11 @@
 
 Two architectures, selected by ``arch``:
 
-* ``"sobirl"`` — SoBiRL App. J.2 (L1901) and the released code's ``CusCnnRewardNet`` (SoBiRL digest §4.4): four
+* ``"sobirl"`` — SoBiRL App. J.2 and the authors' released code (``CusCnnRewardNet``): four
   conv blocks with kernels 7/5/3/3, strides 3/2/1/1, 16 filters each, no padding, each block
   ``Conv → BatchNorm2d → LeakyReLU(0.01) → Dropout(0.5)``; spatial size 84→26→11→9→7; flatten 784 →
   ``Linear(784, 64) → LeakyReLU(0.01) → Linear(64, |A|)``.
-* ``"pbrl"`` — PBRL App. E.2 (L1482–1484; PBRL digest §3.2 "Reward predictor"): the same conv geometry with ReLU
+* ``"pbrl"`` — PBRL App. E.2 (its "reward predictor"): the same conv geometry with ReLU
   and no BatchNorm, flatten 784 → ``FC 64 → ReLU → Dropout(0.5) → FC |A|`` (dropout "between fully connected
   layers").
 
@@ -40,7 +40,7 @@ REWARD_CONV_FILTERS = 16
 REWARD_FC_HIDDEN = 64
 #: Dropout probability in both papers (conv blocks for SoBiRL, between the FC layers for PBRL).
 REWARD_DROPOUT = 0.5
-#: LeakyReLU slope of the SoBiRL reward net (App. J.2 L1901).
+#: LeakyReLU slope of the SoBiRL reward net (App. J.2).
 SOBIRL_LEAKY_SLOPE = 0.01
 
 _IMAGE_SIZE = 84
@@ -68,13 +68,13 @@ class AtariCNNRewardModel(RewardModel):
 
     Input is the channels-first ``uint8`` stack ``(B, C, 84, 84)`` (``C = 4`` frames, newest last). It is cast to
     float and divided by 255 **exactly once**, at the top of :meth:`action_rewards`. The released SoBiRL code
-    divides twice on one path (SoBiRL digest pitfall 10); here no caller may pre-scale.
+    divides twice on the path that evaluates the policy for the score term; here no caller may pre-scale.
 
     Train/eval modes: the leader trains the model in train mode (BatchNorm batch statistics, dropout on), and
     followers receive rewards through :meth:`RewardModel.relabel`, which switches to eval mode (BatchNorm running
     statistics, dropout off), so relabelling is deterministic. **Deviation:** the released SoBiRL code queried the
     reward net in train mode when SAC relabelled its batches (dropout 0.5 active, BatchNorm over the 64 sampled
-    transitions; SoBiRL digest pitfall 11); we use eval mode.
+    transitions); we use eval mode.
 
     Weights use PyTorch's default initialisation: neither paper specifies one for the reward net.
 
@@ -153,7 +153,7 @@ class AtariCNNRewardModel(RewardModel):
     def action_rewards(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw rewards of every action in one forward pass: ``(B, C, 84, 84)`` uint8 → ``(B, |A|)``.
 
-        The leader uses it for ``E_{a~π} r(s, a) = Σ_a π(a|s) r(s, a)`` (SoBiRL eq. 99, L1884–1886). The only
+        The leader uses it for ``E_{a~π} r(s, a) = Σ_a π(a|s) r(s, a)`` (SoBiRL eq. 99, App. J.1). The only
         ``/255`` of the whole pipeline happens here.
         """
         x = obs.float() / 255.0

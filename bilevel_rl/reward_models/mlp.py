@@ -16,8 +16,9 @@ from bilevel_rl.reward_models.base import RewardModel
 class MLPRewardModel(RewardModel):
     """``r_φ(s, a) = MLP([flatten(s), a])``; discrete actions are one-hot encoded.
 
-    The bilevel papers give no MuJoCo reward architecture (SoBiRL digest pitfall 17); the default is that of
-    DRLHF itself (Christiano et al. 2017, MuJoCo): two hidden layers of 64 with leaky ReLU (slope 0.01).
+    The bilevel papers give no MuJoCo reward architecture (SoBiRL App. J.2 describes only the Atari CNN); the
+    default is that of DRLHF itself (Christiano et al. 2017, MuJoCo): two hidden layers of 64 with leaky ReLU
+    (slope 0.01).
 
     Args:
         observation_space: the follower's observation space (Box).

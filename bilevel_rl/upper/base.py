@@ -9,6 +9,7 @@ rule class runs on the tabular lab against exact hypergradients.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ def make_rule_config(name: str, params: dict[str, Any]) -> Any:
     """
     _, conf_cls = rule_classes(name)
     params = {**params, "name": name}
-    fields = set(conf_cls.__dataclass_fields__)
+    fields = {f.name for f in dataclasses.fields(conf_cls)}
     for key in params:
         if key not in fields:
             import difflib

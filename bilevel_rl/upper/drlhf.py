@@ -5,7 +5,7 @@ The leader minimises the Bradley–Terry cross-entropy over the preference buffe
     φ ← φ − β ∇_φ (1/|B|) Σ_{(d0,d1,y)∈B} l_h(d0, d1, y; φ),
     l_h = −y log σ(R_φ(d0) − R_φ(d1)) − (1−y) log σ(R_φ(d1) − R_φ(d0)),   R_φ(d) = Σ_h r_φ(s_h, a_h)
 
-(SoBiRL eq. 101 and L117; PBRL eq. 2.5). This is SoBiRL's practical update (eq. 99) with the hyper-gradient
+(SoBiRL eq. 101 and §3.3; PBRL eq. 2.5). This is SoBiRL's practical update (eq. 99) with the hyper-gradient
 term removed. One "epoch" is a full shuffled pass over the buffer in minibatches, optimised with AdamW
 (SoBiRL J.2: lr 3e-4, weight decay 1e-2, batch 32).
 """

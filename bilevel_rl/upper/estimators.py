@@ -1,7 +1,7 @@
 """Estimator pieces shared by the leader rules (no rule imports another rule; they all import from here).
 
 Every hypergradient estimator here is linear in ``∇r_φ``, so each is the gradient of a *surrogate*: detached
-weights times rewards, summed, one ``backward`` (SoBiRL §4, the practical estimator eq. (99); HPGD Prop. 2).
+weights times rewards, summed, one ``backward`` (SoBiRL App. J.1, the practical estimator eq. (99); HPGD Prop. 2).
 Leader-side samples of the follower's actions are drawn with the leader's own ``torch.Generator``
 (:func:`sample_actions`), never from the global torch stream the follower trains with.
 """

@@ -1,17 +1,17 @@
 """Hessian-free penalty method (Gaur, Bedi, Pasupathy, Aggarwal, arXiv 2503.17644 v1, Alg. 1 corrected).
 
-The hyper-objective ``Φ(φ) = G(φ, λ*(φ))`` (eq. 7) is replaced by the value-penalty proxy (eq. 10, L110)
+The hyper-objective ``Φ(φ) = G(φ, λ*(φ))`` (eq. 7) is replaced by the value-penalty proxy (eq. 10, §3.1)
 
-    Φ_σ(φ) = min_λ G(φ, λ) + (J(φ, λ*(φ)) − J(φ, λ)) / σ,      λ*_σ(φ) = argmax_λ h_σ,  h_σ = J − σ G  (L116)
+    Φ_σ(φ) = min_λ G(φ, λ) + (J(φ, λ*(φ)) − J(φ, λ)) / σ,      λ*_σ(φ) = argmax_λ h_σ,  h_σ = J − σ G  (§3.1)
 
-whose gradient by Danskin's theorem is (eq. 11, L114, with ``∇_φ G`` at ``λ*_σ``; digest §2.1)
+whose gradient by Danskin's theorem is (eq. 11, with ``∇_φ G`` at ``λ*_σ``; docs/theory/penalty_methods.md §2.1)
 
     d = ∇_φ G(φ, λ') + (1/σ) (∇_φ J(φ, λ) − ∇_φ J(φ, λ')),     ∇_φ J(φ, λ) = E_{π_λ}[Σ_i γ^{i−1} ∇_φ r_φ(s_i, a_i)]
 
 (eq. 12, Lemma 5), with two followers: ``λ ≈ λ*(φ)`` trained on ``r_φ`` and ``λ' ≈ λ*_σ(φ)`` trained on ``r_φ`` with the
-extra policy loss ``σ L_up`` (``L_up``: the score-function surrogate of ``G``, so ``λ'`` ascends ``J − σ G``;
-digest §5.1). ``G`` is the Bradley–Terry loss on segment pairs (digest P7: eq. 6's linear probability replaced by
-the BCE of every other rule here).
+extra policy loss ``σ L_up`` (``L_up``: the score-function surrogate of ``G``, so ``λ'`` ascends ``J − σ G``).
+``G`` is the Bradley–Terry loss on segment pairs (eq. 6's linear probability of the correct label replaced by the
+BCE of every other rule here; the analysis only needs unbiased ``∇G``, Assumption 5).
 
 **This is PBRL's value penalty with λ_PBRL = 1/σ**: the plumbing (best-response follower, extra policy loss,
 discounted-return surrogates) is :mod:`bilevel_rl.upper.penalty`.
@@ -20,15 +20,18 @@ Choices (each configurable where the paper is inconsistent):
 
 * **Main follower = λ'** (the penalised follower; evaluated on the true reward and labelled by the trainer), the
   best response **λ** is the auxiliary follower ``follower.spawn(seed + 1)``. The trainer's pairs therefore come from
-  ``λ'``, which is exactly where Danskin evaluates ``∇_φ G`` (``grad_G_at=sigma_follower``, no extra labels; P2).
+  ``λ'``, which is exactly where Danskin evaluates ``∇_φ G`` (``grad_G_at=sigma_follower``, no extra labels).
   ``grad_G_at=star_follower`` (eq. 11 / Alg. 1 l.15) reweights the same pairs to ``λ`` by self-normalised importance
   weights ``Π_{(s,a) ∈ d0 ∪ d1} π_λ(a|s) / π_λ'(a|s)`` (both O(σ)-consistent with ``∇Φ``; ESS is logged).
-* **Sign** (P1): Alg. 1 l.15 (L151) and Alg. 3 l.9 (L339) print ``−(1/σ)(…)``; eq. (11), Danskin and PBRL give
+* **Sign**: Alg. 1 l.15 (§4) and Alg. 3 l.9 (§6) print ``−(1/σ)(…)``; eq. (11), Danskin and PBRL give
   ``+``. ``penalty_sign=corrected`` (default) uses ``+``; ``printed`` reproduces the misprint, which ascends the
-  penalty and diverges (digest §7; :mod:`bilevel_rl.tabular.hessian_free`), and warns.
-* P3/P4 are respected by construction: ``λ`` is trained on ``J`` only, ``λ'`` on ``J − σ G`` with its own critic and
-  ``∇_λ G`` at ``λ'``. Both followers are warm-started across outer iterations (P13). Deviation: the followers use
-  their own optimisers (SB3's Adam), not Alg. 1's normalised ``τ_1/k`` steps (digest §5.1 ``sb3_default``).
+  penalty and diverges (docs/theory/penalty_methods.md §2.2; :mod:`bilevel_rl.tabular.repro.hessian_free`), and
+  warns.
+* Alg. 1 l.7–8 route ``d'_k``, ``Q`` and ``λ_t^k`` where ``d_k``, ``Q'`` and ``λ'_t^k`` are meant (Alg. 3 l.6
+  updates ``λ`` with ``d_k``); we follow the derivation: ``λ`` is trained on ``J`` only, ``λ'`` on ``J − σ G``
+  with its own critic and ``∇_λ G`` at ``λ'`` (docs/theory/penalty_methods.md §2.3). Both followers are
+  warm-started across outer iterations (Alg. 1 gives no initial ``λ'``). Deviation: the followers use their own
+  optimisers (SB3's Adam), not Alg. 1's normalised ``τ_1/k`` steps.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class HessianFree(PenaltyRule):
         if config.penalty_sign == "printed":
             log.warning(
                 "upper.penalty_sign=printed: Alg. 1 l.15's sign makes the reward ascend the penalty and diverges "
-                "(digest P1); use it only to reproduce the misprint"
+                "(docs/theory/penalty_methods.md §2.2); use it only to reproduce the misprint"
             )
 
     @override

@@ -1,12 +1,12 @@
 """HPGD: Hyper Policy Gradient Descent (Thoma et al., NeurIPS 2024) as an RLHF leader rule.
 
-The follower plays the soft-optimal policy ``π*_φ ∝ exp(Q*/λ)`` of the reward it sees, so (Prop. 2, L8060)
+The follower plays the soft-optimal policy ``π*_φ ∝ exp(Q*/λ)`` of the reward it sees, so (Prop. 2, App. E.7)
 
-    ∇_φ log π*_φ(a|s) = (1/λ) ∂_φ A^{π*}(s, a),      ∂_φ A = ∂_φ Q − E_{a'~π} ∂_φ Q(s, a')   (π held fixed, P2)
-    ∂_φ Q(s, a) = E^π[Σ_{k≥0} γ^k ∇_φ r_φ(s_k, a_k) | s_0 = s, a_0 = a]                        (Thm. 2, L438)
+    ∇_φ log π*_φ(a|s) = (1/λ) ∂_φ A^{π*}(s, a),      ∂_φ A = ∂_φ Q − E_{a'~π} ∂_φ Q(s, a')   (π held fixed)
+    ∂_φ Q(s, a) = E^π[Σ_{k≥0} γ^k ∇_φ r_φ(s_k, a_k) | s_0 = s, a_0 = a]                        (Thm. 2, §3.1)
 
-and the RLHF hyper-objective ``E_{(d_0, d_1) ~ π*_φ}[ℓ_φ]`` (App. B, L1016; ℓ = Bradley–Terry loss) has gradient
-(digest §5.4, the log-derivative trick with Prop. 2)
+and the RLHF hyper-objective ``E_{(d_0, d_1) ~ π*_φ}[ℓ_φ]`` (App. B; ℓ = Bradley–Terry loss) has gradient
+(the log-derivative trick with Prop. 2; derivation in docs/theory/hpgd_rlhf.md)
 
     ∇ E[ℓ] = E[∇_φ ℓ] + E[(ℓ − b) Σ_{j∈{0,1}} Σ_t (1/λ) ∂_φ A(s^j_t, a^j_t)].                        (HPGD-RLHF)
 
@@ -14,29 +14,30 @@ A constant baseline ``b`` is free because ``E_{a~π}[∂A(s, a)] = 0``; we use t
 pairs' losses, so ``b`` is independent of the pair it multiplies. Everything is linear in ``∇r``, so the whole
 update is the gradient of one surrogate (detached weights times rewards). Two estimators of ``∂A``:
 
-* ``generative`` (Alg. 2, L1413): ``∂̂Q(s, a) = (1/J) Σ_j Σ_{k=0}^{T_j} ∇r(s^j_k, a^j_k)`` along ``J``
+* ``generative`` (Alg. 2, App. D): ``∂̂Q(s, a) = (1/J) Σ_j Σ_{k=0}^{T_j} ∇r(s^j_k, a^j_k)`` along ``J``
   continuations from ``(s, a)`` with ``T_j ~ Geo(1 − γ)``, and ``∂̂V(s)`` the same with ``a_0 ~ π``, drawn with
-  :meth:`Follower.rollouts_from` independently of ``ℓ`` (P8): unbiased (Prop. 3; no ``∇ log P`` tails, the
+  :meth:`Follower.rollouts_from` independently of ``ℓ``: unbiased (Prop. 3; no ``∇ log P`` tails, the
   dynamics do not depend on ``φ``). ``rollout_horizon=T`` instead uses ``Σ_{k<T} γ^k ∇r`` (the Rao–Blackwellised
   form, bias ``O(γ^T)``; SoBiRL's eq. 14 estimator). Needs a simulator that resets to any state: tabular
   followers only; SB3 followers are refused.
-* ``trajectory`` (digest §5.3 VJP trick, no simulator reset): along each preference segment,
+* ``trajectory`` (one vector–Jacobian product, no simulator reset): along each preference segment,
   ``∂̂A_t = Σ_{k=t}^{H−1} (γκ)^{k−t} ∇r(s_k, a_k) − E_{a'~π}∇r(s_t, a')`` with trace ``κ ∈ [0, 1]``; the weights
   ``w_t = (ℓ − b)/λ`` enter as ``Σ_k c_k r(s_k, a_k) − Σ_t w_t E_{a'} r(s_t, a')`` with the forward discounted sum
   ``c_k = w_k + γκ c_{k−1}`` inside each segment. Its bias (our choice, measured in tests/test_upper_hpgd.py):
   ``κ = 0`` keeps the exact first step ``∇r(s, a) − E_{a'}∇r(s, a')`` of ``∂A`` and drops its continuation
-  ``γ (E_{s'|s,a} − E_{s'|s}) ∂V(s')``; ``κ = 1`` (the digest's §5.3 form) adds the segment's own reward-gradient-to-go,
-  which correlates with ``ℓ`` through the same segment's later actions (P8) and carries the state-dependent part of
-  ``∂Q`` that a constant baseline cannot remove (§5.4). On the tabular lab ``κ = 0`` is the less biased (exact
-  expectations: cosine ≥ 0.996 on Dirichlet MDPs where ``κ = 1`` falls to 0.46, both worse on slow-mixing chains),
-  so it is the default; with it this estimator coincides with SoBiRL's eq. 99. Segments that begin mid-episode
-  also drop the shift of their start-state distribution (the pairs do not hold the steps before them).
+  ``γ (E_{s'|s,a} − E_{s'|s}) ∂V(s')``; ``κ = 1`` adds the segment's own reward-gradient-to-go, which
+  correlates with ``ℓ`` through the same segment's later actions and carries the state-dependent part of ``∂Q``
+  that a constant baseline cannot remove (docs/theory/hpgd_rlhf.md §3.2). On the tabular lab ``κ = 0`` is the
+  less biased (exact expectations: cosine ≥ 0.996 on Dirichlet MDPs where ``κ = 1`` falls to 0.46, both worse
+  on slow-mixing chains), so it is the default; with it this estimator coincides with SoBiRL's eq. 99. Segments
+  that begin mid-episode also drop the shift of their start-state distribution (the pairs do not hold the steps
+  before them).
 
 Choices (not in the paper): ``λ`` is read from ``follower.temperature`` at every leader step (SAC's α moves);
 when the reward model normalises its output the follower sees ``scale · r_φ``, so the weight is ``scale/λ``; the
 implicit term uses only the pairs of the current iteration (``implicit_pairs=current``: the correction is
-on-policy, digest P16) while the Bradley–Terry term uses the whole buffer; global gradient-norm clipping at 1.0
-(F.2.2, L9683-9689).
+on-policy) while the Bradley–Terry term uses the whole buffer; global gradient-norm clipping at 1.0
+(App. F.2.2); see docs/theory/hpgd_rlhf.md §4.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class HPGDConfig(LeaderOptimConfig):
     """Hyperparameters of HPGD (see the module docstring); leader optimiser fields: :class:`LeaderOptimConfig`.
 
     Attributes:
-        max_grad_norm: global gradient-norm clipping (paper F.2.2: 1.0; the 1/λ factor makes it essential, P5).
+        max_grad_norm: global gradient-norm clipping (paper App. F.2.2: 1.0; the 1/λ factor makes it essential).
         estimator: ``trajectory`` (segment-only, any follower) or ``generative`` (Alg. 2 rollouts, tabular).
         trace: ``κ`` of the trajectory estimator (0: first step of ∂A only; 1: within-segment gradient-to-go).
         gamma: the follower's discount; ``None`` reads it from the follower.

@@ -1,33 +1,34 @@
 """PBRL: penalty-based bilevel RL for RLHF (Shen, Yang, Chen, JMLR 2025, §3–4, App. E.2).
 
-The lower-level constraint is replaced by a penalty (eq. 3.1, L151) and Alg. 1 (L343–351, update 4.4 L336) descends
+The lower-level constraint is replaced by a penalty (eq. 3.1, §3) and Alg. 1 (§4.3, update 4.4) descends
 
     F_λ(x, y) = f(x, y) + λ p(x, y),        f = E_{d0, d1 ~ π_y}[ℓ_x(d0, d1)]   (Bradley–Terry, eq. 2.5)
 
-in both variables, with the penalty gradients in closed form at a best response ``π̂ ≈ π*(x)`` (eqs. C.29, C.31):
+in both variables, with the penalty gradients in closed form at a best response ``π̂ ≈ π*(x)``
+(App. C.7, eqs. C.29, C.31; the reasoning behind the choices below is in docs/theory/penalty_methods.md §1):
 
 * **Leader**: ``x ← x − η (∇_x f + w λ_k ∇_x p̂)`` (``w = penalty_weight_x``; E.2's λ = 1/β = 1000 would swamp BT).
-  Value penalty (eq. 3.2 L164; Lemma 7(a) L266–277 with C.1 L911): ``∇_x p_V = E_π̂[Σ γ^t ∇r_x] − E_{π_y}[Σ γ^t ∇r_x]``
-  from both followers' on-policy episodes (``γ^t`` from the episode start, digest §6.12). Bellman penalty
-  (eqs. 3.5–3.7; Lemma 9(a) L304–326): ``∇_x p_B = E_{s~ρ}[(E_{a~π̂} − E_{a~π_y}) ∇_x Q^π̂(s, a)]``. **Choice**
+  Value penalty (eq. 3.2; Lemma 7(a), §4.1, with eq. C.1): ``∇_x p_V = E_π̂[Σ γ^t ∇r_x] − E_{π_y}[Σ γ^t ∇r_x]``
+  from both followers' on-policy episodes (``γ^t`` from the episode start, so that ``s_0 ~ ρ``). Bellman penalty
+  (eqs. 3.5–3.7; Lemma 9(a), §4.2): ``∇_x p_B = E_{s~ρ}[(E_{a~π̂} − E_{a~π_y}) ∇_x Q^π̂(s, a)]``. **Choice**
   ``bellman_estimator=depth1`` truncates ``∇_x Q^π̂(s, a) = ∇r_x(s, a) + γ E ∇_x V^π̂(s')`` after its first term
   (dropping an ``O(γ‖π̂ − π_y‖)`` continuation), on the follower's batch states (``bellman_states=all``: ``π_y``'s
-  visitation instead of ``ρ``; ``start``: episode starts, ``s ~ ρ``); ``mixed`` is the untruncated estimator of digest
-  §2.4 (``a_0 ~ π_y`` then ``π̂`` vs all-``π̂`` rollouts from episode starts, via ``rollouts_from``: tabular only).
-* **Follower**: ``∇_y F_λ / λ = −∇_y V^{π_y}_{r_x} + β ∇_y f`` with ``β = 1/λ_k`` (digest §3.4): its own RL step on
-  ``r_x`` plus the extra policy loss ``β L_up``, ``L_up = mean_j sg(ℓ_j − b) Σ_{(s,a) ∈ d0_j ∪ d1_j} log π_y(a|s)``
-  (score function: ``f`` depends on ``y`` only through the segments, L128–137) on ``policy_loss_pairs`` pairs redrawn
-  at every call, by default from the newest phase's pairs (E.2: "16 new pairs per epoch"; older ones are
+  visitation instead of ``ρ``; ``start``: episode starts, ``s ~ ρ``); ``mixed`` is the untruncated estimator
+  (``a_0 ~ π_y`` then ``π̂`` vs all-``π̂`` rollouts from episode starts, via ``rollouts_from``: tabular only).
+* **Follower**: ``∇_y F_λ / λ = −∇_y V^{π_y}_{r_x} + β ∇_y f`` with ``β = 1/λ_k``: its own RL step on ``r_x``
+  plus the extra policy loss ``β L_up``, ``L_up = mean_j sg(ℓ_j − b) Σ_{(s,a) ∈ d0_j ∪ d1_j} log π_y(a|s)``
+  (score function: ``f`` depends on ``y`` only through the segments, §2.2, eq. 2.5) on ``policy_loss_pairs``
+  pairs redrawn at every call, by default from the newest phase's pairs (E.2: "16 new pairs per epoch"; older ones are
   off-policy and the paper gives no correction). ``policy_loss_scale`` converts units: 1 for a follower whose loss is
   ``−V(ρ)`` (tabular :class:`SoftPolicyGradient`); SB3's per-sample policy losses are ≈ ``(1 − γ)·(−V(ρ))``, and a
   score-function loss on stored segments is unbounded below (it can push their actions' log-probabilities to −∞), so
-  the deep config uses 0.01 (the paper found learning "very sensitive" to β, L1486). The Bellman y-step is the
+  the deep config uses 0.01 (the paper found learning "very sensitive" to β, App. E.2). The Bellman y-step is the
   same RL step (``p_B(x, ·)`` has the same minimiser ``π*(x)``), not ``∇_y g`` with ``π̂``'s critic.
 * **Best response** (``best_response=separate``): ``follower.spawn(seed + 1)`` trained on ``r_x`` only, continued
-  (warm start) each iteration; ``shared`` aliases ``π̂ := π_y`` so ``∇_x p = 0`` (the digest's reading of the deep
-  run; degenerate for reward shaping, §5.1).
+  (warm start) each iteration; ``shared`` aliases ``π̂ := π_y`` so ``∇_x p = 0`` (our reading of the deep run,
+  whose App. E.2 describes one A2C policy; degenerate for reward shaping: docs/theory/penalty_methods.md §1.6).
 
-Alg. 1's "penalty constant γ" (L345) is λ and L350 lost the minus sign of (4.4): we descend ``F_λ``.
+Alg. 1's "penalty constant γ" (line 1) is λ and its line 6 lost the minus sign of (4.4): we descend ``F_λ``.
 The two-follower machinery is :mod:`bilevel_rl.upper.penalty` (shared with the Hessian-free method).
 """
 

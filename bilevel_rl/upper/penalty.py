@@ -105,8 +105,9 @@ class PreferencePolicyLoss:
     """The main follower's extra policy loss ``coef · mean_j sg(ℓ_j − b) Σ_{(s,a) ∈ d0_j ∪ d1_j} log π_y(a|s)``.
 
     Its policy gradient is ``coef · ∇_y f`` for the Bradley–Terry upper loss ``f`` (score function: ``f`` depends on
-    ``y`` only through the segments' distribution; PBRL §3.4). Pairs are redrawn at every call with its own
-    generator (checkpointed), from the newest phase's pairs (``latest``) or the whole buffer.
+    ``y`` only through the segments' distribution, PBRL eq. 2.5; docs/theory/penalty_methods.md §1.5). Pairs are
+    redrawn at every call with its own generator (checkpointed), from the newest phase's pairs (``latest``) or the
+    whole buffer.
 
     Args:
         config: the penalty settings.

@@ -1,14 +1,16 @@
 """PPA-BRL (Chakraborty et al., ICML 2023 workshop; PARL): the θ-space implicit hypergradient as an RLHF leader rule.
 
 The follower's policy ``π_θ`` maximises ``V(φ, θ) = E_{s_0~ρ}[Σ_t γ^t (r_φ(s_t, a_t) − λ log π_θ(a_t|s_t))]`` (eq. 3
-with the entropy term that makes ``θ*`` finite, digest P6). The upper loss is the Bradley–Terry loss on pairs drawn
-by the follower, ``G(φ) = E_{d ~ π_{θ*(φ)}}[ℓ_φ(d)]``. The log-derivative trick (eq. 8), the chain rule (eq. 9) and
-the implicit function theorem on ``∇_θ V(φ, θ*(φ)) = 0`` (eqs. 10–12) give (eq. 13, digest §2.1 factorised form)
+with an entropy term: without it the optimal softmax policy is deterministic, its logits diverge and the finite,
+unique ``θ*`` that §2 and Assumption 4 (§4) take for granted does not exist). The upper loss is the Bradley–Terry
+loss on pairs drawn by the follower, ``G(φ) = E_{d ~ π_{θ*(φ)}}[ℓ_φ(d)]``. The log-derivative trick (eq. 8), the
+chain rule (eq. 9) and the implicit function theorem on ``∇_θ V(φ, θ*(φ)) = 0`` (eqs. 10–12) give eq. 13, in which
+``J (−H)^{-1}`` does not depend on the trajectory and factors out of the expectation:
 
     ∇_φ G = E[∇_φ ℓ]  +  J (−H)^{-1} g_U,                                                          (PPA-RLHF)
     g_U = E[(ℓ − b) Σ_{j,t} ∇_θ log π_θ(a^j_t|s^j_t)],   H = ∇²_θ V,   J = ∇²_{φθ} V  (n × d).
 
-The direct term is absent from the paper's eq. 8 (its utility does not depend on φ, P2); RLHF needs it
+The direct term is absent from the paper's eq. 8 (its utility does not depend on φ); RLHF needs it
 (``include_direct_term``, default on). Estimation at the follower's current ``θ`` (plug-in θ^K, eq. 26), from the
 follower's on-policy batch of the last phase with within-episode times ``t < horizon`` (steps of episodes that
 began before the record are left out):
@@ -16,13 +18,13 @@ began before the record are left out):
 * ``H·p``: double backward through the DiCE surrogate ``(1/N_ep) Σ_t γ^t c_t(θ) exp(G_t − ⊥G_t)`` with
   ``c_t = scale·r_φ(s_t, a_t) − λ log π_θ(a_t|s_t)`` and causal score sums ``G_t = Σ_{k≤t} log π_θ(a_k|s_k)``:
   the full Hessian ``E[Σ γ^t (c_t (G'G'^T + ∇²G) + ∇c_t G'^T + G' ∇c_t^T + ∇²c_t)]``. The paper's eq. 28 drops the
-  outer product ``c_t G'G'^T`` (P1; ``hessian=paper_eq28`` keeps that error, for ablation only).
+  outer product ``c_t G'G'^T`` (``hessian=paper_eq28`` keeps that error, for ablation only).
 * ``v ≈ (−H)^{-1} g_U`` by conjugate gradients (``cg_iters``) with damping ``δ``: softmax-type policies have an
-  exactly singular ``H`` (logit shifts, P6), so ``δ > 0``. ``solver=damped`` solves ``(−H + δI) v = g_U`` (the
-  digest's form; CG stops at the first direction of non-positive curvature, which a sampled ``H`` away from the
-  optimum often has, leaving ``v = 0``); ``solver=normal`` (default) solves the Tikhonov least-squares problem
-  ``(H² + δ²I) v = −H g_U``, defined for indefinite ``H`` with ``‖v‖ ≤ ‖g_U‖/(2δ)`` and equal to ``(−H)^+ g_U`` as
-  ``δ → 0`` (two Hessian-vector products per iteration).
+  exactly singular ``H`` (logits are shift-invariant per state), so ``δ > 0``. ``solver=damped`` solves
+  ``(−H + δI) v = g_U`` (the plain damped form; CG stops at the first direction of non-positive curvature, which
+  a sampled ``H`` away from the optimum often has, leaving ``v = 0``); ``solver=normal`` (default) solves the
+  Tikhonov least-squares problem ``(H² + δ²I) v = −H g_U``, defined for indefinite ``H`` with
+  ``‖v‖ ≤ ‖g_U‖/(2δ)`` and equal to ``(−H)^+ g_U`` as ``δ → 0`` (two Hessian-vector products per iteration).
 * ``J v = ∇_φ (1/N_ep) Σ_t γ^t scale·r_φ(s_t, a_t) Σ_{k≤t} ∇_θ log π_θ(a_k|s_k)·v`` (eq. 29, causal form): the
   per-step directional derivatives come from one double backward, then one VJP through the reward model.
 
@@ -49,16 +51,8 @@ from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.upper import estimators as est
 from bilevel_rl.upper.base import LeaderStep
-from bilevel_rl.upper.estimators import (
-    grad_norm,
-    implicit_weights,
-    kept_pairs,
-    live_temperature,
-    pair_losses,
-    reward_scale,
-    rule_discount,
-)
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate
 
 
@@ -68,7 +62,7 @@ class PPAConfig(LeaderOptimConfig):
 
     Attributes:
         max_grad_norm: global gradient-norm clipping (not in the paper; guards the ``1/δ`` amplification).
-        include_direct_term: add ``E[∇_φ ℓ]`` (absent from eq. 8; needed for RLHF, digest P2).
+        include_direct_term: add ``E[∇_φ ℓ]`` (absent from eq. 8, whose utility does not depend on φ; needed for RLHF).
         damping: ``δ`` in ``(−H + δI)`` (damped) or ``(H² + δ²I)`` (normal).
         cg_iters: conjugate-gradient iterations per solve.
         solver: ``normal`` (Tikhonov least squares, any ``H``) or ``damped`` (needs ``−H + δI`` positive definite).
@@ -218,15 +212,15 @@ class PPA(PreferenceRule):
     @override
     def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
         super().attach(follower, reward_model, data)
-        live_temperature(follower, self.name)
-        self.gamma = rule_discount(follower, self.config.gamma)
+        est.live_temperature(follower, self.name)
+        self.gamma = est.rule_discount(follower, self.config.gamma)
 
     @override
     def prepare(self, step: LeaderStep) -> tuple[_HessianGraph, dict[str, float]]:
         """Build ``H``'s graph and the per-step score directions on the follower batch (once per update)."""
         assert self.follower is not None and self.reward_model is not None
         c, model = self.config, self.reward_model
-        lam = live_temperature(self.follower, self.name)
+        lam = est.live_temperature(self.follower, self.name)
         steps = episode_steps(step.on_policy_batch(self.name), c.horizon, self.gamma, model.device)
         dist = self.follower.action_dist(steps.obs, grad=True)
         lp = dist.log_prob(torch.as_tensor(steps.actions, device=model.device))
@@ -254,12 +248,12 @@ class PPA(PreferenceRule):
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: _HessianGraph) -> Surrogate:
         assert self.reward_model is not None and self.follower is not None
         model, c, steps, graph = self.reward_model, self.config, prepared.steps, prepared
-        bce, returns, labels = pair_losses(model, pairs)
+        bce, returns, labels = est.pair_losses(model, pairs)
         direct = bce.mean() if c.include_direct_term else bce.sum() * 0.0
-        lam = live_temperature(self.follower, self.name)
-        keep = kept_pairs(pairs, c.implicit_pairs, step.iteration, model.device)
+        lam = est.live_temperature(self.follower, self.name)
+        keep = est.kept_pairs(pairs, c.implicit_pairs, step.iteration, model.device)
         mask = torch.as_tensor(pairs.mask, device=model.device)
-        w = (implicit_weights(bce, keep, c.baseline)[:, None, None] * mask).reshape(-1)
+        w = (est.implicit_weights(bce, keep, c.baseline)[:, None, None] * mask).reshape(-1)
         active = w != 0
         terms = {"upper/bt_loss": float(bce.mean().detach()), "upper/temperature": lam}
         implicit = torch.zeros((), device=model.device)
@@ -280,7 +274,7 @@ class PPA(PreferenceRule):
             dirs, probe = graph.score_dirs
             (jvp,) = torch.autograd.grad(dirs @ v, probe, retain_graph=True)
             coef = (steps.discount * steps.prefix(jvp.detach().to(steps.discount.dtype))) * (
-                reward_scale(model) / steps.episodes
+                est.reward_scale(model) / steps.episodes
             )
             r = model(
                 torch.as_tensor(steps.obs, device=model.device), torch.as_tensor(steps.actions, device=model.device)
@@ -290,8 +284,8 @@ class PPA(PreferenceRule):
             terms.update({"upper/score_grad_norm": float(g_u.norm()), "upper/solve_norm": float(v.norm())})
         params = [p for p in model.parameters() if p.requires_grad]
         terms["upper/implicit_pairs"] = float(keep.sum())
-        terms["upper/direct_grad_norm"] = grad_norm(direct, params)
-        terms["upper/implicit_grad_norm"] = grad_norm(implicit, params)
+        terms["upper/direct_grad_norm"] = est.grad_norm(direct, params)
+        terms["upper/implicit_grad_norm"] = est.grad_norm(implicit, params)
         return Surrogate(direct + implicit, returns, labels, terms)
 
 

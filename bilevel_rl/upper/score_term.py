@@ -32,10 +32,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.segments import PreferencePairs
@@ -44,7 +45,7 @@ from bilevel_rl.objectives.preferences import bradley_terry_loss
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import live_temperature, pair_tensors, reward_scale, rule_discount, sample_actions
-from bilevel_rl.upper.preference_rule import LeaderOptimConfig
+from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(obs (N, *obs), actions (N, *act)) ↦ r (N,)``: the reward model, or a functional call at other parameters."""
@@ -61,7 +62,7 @@ class ScoreTermConfig(LeaderOptimConfig):
         rollout_samples: ``J``, rollouts per visited ``(s, a)`` for each of ``Ĝ^Q`` and ``Ĝ^V``.
         gamma: discount of the rollouts; ``None``: the follower's own.
         baseline: ``none`` (paper) or ``mean`` (leave-one-out minibatch mean of ``l`` in the score term).
-        max_coef: optional upper clip of ``σ/τ_k`` (small SAC α inflates the term, digest pitfall 1).
+        max_coef: optional upper clip of ``σ/τ_k`` (small SAC α inflates the term; docs/theory/sobirl_estimators.md §2).
         hyper_weight: multiplier of the score term (1 = paper, 0 = DRLHF).
         hyper_term_on: ``all`` pairs (paper) or only ``fresh`` ones, queried at the current iteration.
     """
@@ -239,3 +240,24 @@ class ScoreTerm:
             coef=coef,
             temperature=tau,
         )
+
+
+class ScoreTermRule(PreferenceRule):
+    """A preference rule that *has* a :class:`ScoreTerm` (SoBiRL, Stoc-SoBiRL): its requirements and attach."""
+
+    config: ScoreTermConfig
+
+    def __init__(self, config: ScoreTermConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.score = ScoreTerm(config)
+
+    @classmethod
+    @override
+    def requirements(cls, params: Any) -> Requirements:
+        return ScoreTerm.requirements(params)
+
+    @override
+    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
+        super().attach(follower, reward_model, data)
+        self.score.attach(follower, self.name)

@@ -24,13 +24,10 @@ from typing import Any
 
 from typing_extensions import override
 
-from bilevel_rl.capabilities import Requirements
 from bilevel_rl.data.segments import PreferencePairs
-from bilevel_rl.followers.base import Follower
-from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import LeaderStep
-from bilevel_rl.upper.preference_rule import PreferenceRule, Surrogate
-from bilevel_rl.upper.score_term import ScoreTerm, ScoreTermConfig, surrogate_loss
+from bilevel_rl.upper.preference_rule import Surrogate
+from bilevel_rl.upper.score_term import ScoreTermConfig, ScoreTermRule, surrogate_loss
 
 
 @dataclass
@@ -40,26 +37,11 @@ class SoBiRLConfig(ScoreTermConfig):
     name: str = "sobirl"
 
 
-class SoBiRL(PreferenceRule):
+class SoBiRL(ScoreTermRule):
     """Leader steps on the SoBiRL surrogate (eq. 99 or eq. 14) over the preference buffer."""
 
     name = "sobirl"
     config: SoBiRLConfig
-
-    def __init__(self, config: SoBiRLConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.score = ScoreTerm(config)
-
-    @classmethod
-    @override
-    def requirements(cls, params: Any) -> Requirements:
-        return ScoreTerm.requirements(params)
-
-    @override
-    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
-        super().attach(follower, reward_model, data)
-        self.score.attach(follower, self.name)
 
     @override
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:

@@ -2,23 +2,23 @@
 
 Each leader step ``k`` draws fresh samples ``D_k`` (a minibatch of pairs plus the estimator's action samples or
 rollouts, :meth:`~bilevel_rl.upper.score_term.ScoreTerm.draw`), and with ``g(x; D)`` the SoBiRL estimate (eq. 99 or
-eq. 14, see :mod:`bilevel_rl.upper.score_term`) forms, eq. (81) (L251, L1593)::
+eq. 14, see :mod:`bilevel_rl.upper.score_term`) forms, eq. (81) (§6 and App. I.1)::
 
     h_k = g(x_k; D_k) + (1 − η_k)(h_{k−1} − g(x_{k−1}; D_k)),         x_{k+1} = x_k − β_k h_k
 
 (the paper's ``μ_k`` is ``η_k`` here). The correction re-evaluates the *new* samples at the *previous* reward
-parameters (digest pitfall 8): a copy of ``x_{k−1}`` is kept and the surrogate is evaluated there with
+parameters: a copy of ``x_{k−1}`` is kept and the surrogate is evaluated there with
 ``torch.func.functional_call``. For fixed samples the estimate depends on ``(x, π)`` only through
-``l(·; x)``, ``∇l(·; x)`` and ``∇r(x)`` (Lemma I.3, L1710–1718), so ``π_{k−1}`` enters only through the samples;
+``l(·; x)``, ``∇l(·; x)`` and ``∇r(x)`` (Lemma I.3, App. I.3), so ``π_{k−1}`` enters only through the samples;
 with the exact discrete expectation the weights ``π_k(a'|s)`` count as part of ``D_k`` and ``τ_k`` is used in both
 evaluations (choice; identical within one leader update, where the follower does not move). ``h_1 = g(x_1; D_1)``
-(the paper leaves ``h_0`` free; digest §3.3). The warm-up (iteration 0) is plain Bradley–Terry and does not count.
+(Algorithm 4 leaves the input ``h_0`` open). The warm-up (iteration 0) is plain Bradley–Terry and does not count.
 
 The step direction ``h_k`` is handed to the optimiser as the gradient: the surrogate returned to the minibatch loop
 is ``⟨sg(h_k), x⟩`` shifted to the value of SoBiRL's surrogate. Clipping (``max_grad_norm``) acts on the applied
 step only; the momentum keeps the unclipped ``h_k``.
 
-Schedules (eq. 93, L1804): ``schedule=paper`` uses ``β_k = lr · ((n_β + 1)/(n_β + k))^{1/3}`` (the paper's
+Schedules (eq. 93, Theorem I.7): ``schedule=paper`` uses ``β_k = lr · ((n_β + 1)/(n_β + k))^{1/3}`` (the paper's
 ``β_k = (n_β + k)^{-1/3}`` rescaled so that ``β_1 = lr``) and ``η_k = max{eta, 1 − β̂_{k−1}²}`` with
 ``β̂_k = (n_β + k)^{-1/3}``, which is eq. 93 at ``eta = 15/16``. Note that eq. 93 makes ``η_k ≥ 15/16``, i.e. a
 momentum weight ``1 − η_k ≤ 1/16`` that tends to 0 (the theory pairs it with ``M = O(K^{4/3})`` samples per
@@ -40,13 +40,10 @@ import torch
 from torch.func import functional_call
 from typing_extensions import override
 
-from bilevel_rl.capabilities import Requirements
 from bilevel_rl.data.segments import PreferencePairs
-from bilevel_rl.followers.base import Follower
-from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import LeaderStep
-from bilevel_rl.upper.preference_rule import PreferenceRule, Surrogate
-from bilevel_rl.upper.score_term import ScoreTerm, ScoreTermConfig, surrogate_loss
+from bilevel_rl.upper.preference_rule import Surrogate
+from bilevel_rl.upper.score_term import ScoreTermConfig, ScoreTermRule, surrogate_loss
 
 
 @dataclass
@@ -77,16 +74,14 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(torch.stack([(t.detach() ** 2).sum() for t in tensors]).sum()))
 
 
-class StocSoBiRL(PreferenceRule):
+class StocSoBiRL(ScoreTermRule):
     """SoBiRL's score-term estimator with the STORM momentum of Algorithm 4."""
 
     name = "stoc_sobirl"
     config: StocSoBiRLConfig
 
     def __init__(self, config: StocSoBiRLConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.score = ScoreTerm(config)
+        super().__init__(config)
         self.steps_taken = 0  # leader steps k taken after the warm-up
         self.momentum: dict[str, torch.Tensor] | None = None  # h_{k-1}
         self.prev_params: dict[str, torch.Tensor] | None = None  # x_{k-1}
@@ -100,16 +95,6 @@ class StocSoBiRL(PreferenceRule):
         beta = c.lr * ((c.n_beta + 1) / (c.n_beta + k)) ** (1 / 3)
         eta = 1.0 if k == 1 else max(c.eta, 1.0 - (c.n_beta + k - 1) ** (-2 / 3))
         return beta, eta
-
-    @classmethod
-    @override
-    def requirements(cls, params: Any) -> Requirements:
-        return ScoreTerm.requirements(params)
-
-    @override
-    def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
-        super().attach(follower, reward_model, data)
-        self.score.attach(follower, self.name)
 
     @override
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:

@@ -20,8 +20,11 @@ from bilevel_rl.upper.preference_rule import LeaderOptimConfig
 
 @dataclass
 class TrueRewardConfig(LeaderOptimConfig):
-    """No hyperparameters of its own; the leader-optimiser keys are accepted and unused, so that a preset that sets
-    them (``upper.lr``, ``upper.batch_size``) can run every row of a table, this baseline included."""
+    """No hyperparameters of its own.
+
+    The leader-optimiser keys are accepted and unused, so that a preset that sets them (``upper.lr``,
+    ``upper.batch_size``) can run every row of a table, this baseline included.
+    """
 
     name: str = "true_reward"
 

@@ -113,7 +113,7 @@ def alg5_weights(
     generator: torch.Generator,
     terminal: torch.Tensor | None = None,
 ) -> GradientWeights:
-    """The mean of ``num_samples`` independent outputs of Algorithm 5 (Algorithm 2 inside; L1570–1615, Prop. 4).
+    """The mean of ``num_samples`` independent outputs of HPGD Algorithm 5 (Algorithm 2 inside; App. C, Prop. 4).
 
     Per sample: ``T ~ Geo(1 − γ)``, ``T' ~ Geo(1 − γ^{1/2})``, a trajectory ``(s_0, a_0, …, s_{T+T'})`` from ``ρ``,
     an independent ``∂̂A(s_T, a_T)`` (Algorithm 2, two fresh restarts) and ``Ĝ = Σ_{t'=T}^{T+T'} γ^{(t'−T)/2}
@@ -121,7 +121,7 @@ def alg5_weights(
     ∂̂A(s_T, a_T) Ĝ`` estimates ``∇(−F)``. The ``∇ log P`` term is zero (``x``-free transitions).
 
     Corrections of the printed text: the extracted pseudocode writes ``r`` for the leader reward ``r̄`` and
-    ``γ^{(t−T)/2}`` for ``γ^{(t'−T)/2}``; the output is ``∇(−F)``, not the ``dF/dx`` its label claims (pitfall P1).
+    ``γ^{(t−T)/2}`` for ``γ^{(t'−T)/2}``; the output is ``∇(−F)``, not the ``dF/dx`` its label claims.
 
     States flagged ``terminal`` must be absorbing with ``∇r = 0`` and ``r̄ = 0`` there: rollouts stop on entering
     them, and a sample whose trajectory ends before ``T`` contributes its direct term only.

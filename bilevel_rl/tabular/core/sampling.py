@@ -211,9 +211,9 @@ class Visits:
         out = torch.bincount(flat, weights=self.weights, minlength=num_rows * num_states * num_actions)
         return out.reshape(num_rows, num_states, num_actions)
 
-    def regroup(self, owner: torch.Tensor, sign: float = 1.0) -> Visits:
-        """The same visits credited to ``owner[row]`` instead of ``row`` (weights times ``sign``)."""
-        return replace(self, rows=owner[self.rows], weights=sign * self.weights)
+    def regroup(self, owner: torch.Tensor, scale: float = 1.0) -> Visits:
+        """The same visits credited to ``owner[row]`` instead of ``row``, with weights times ``scale``."""
+        return replace(self, rows=owner[self.rows], weights=scale * self.weights)
 
     @staticmethod
     def cat(parts: list[Visits]) -> Visits:
@@ -323,9 +323,20 @@ def gradient_return_visits(
     n = s0.shape[0]
     if cfg.geometric:
         return rollout_until(sim, s0, sample_geometric(n, 1.0 - mdp.gamma, generator), generator, a0)
-    visits = rollout_until(sim, s0, torch.full((n,), cfg.horizon - 1), generator, a0)
+    if terminal is None:  # every row runs the full horizon: the same draws as rollout_until, fewer operations
+        visits = _time_major_visits(rollout(sim, s0, cfg.horizon, generator, a0))
+    else:
+        visits = rollout_until(sim, s0, torch.full((n,), cfg.horizon - 1), generator, a0)
     visits.weights = mdp.gamma ** visits.steps.to(DTYPE)
     return visits
+
+
+def _time_major_visits(ro: Trajectories) -> Visits:
+    """The visits of fixed-length trajectories in :func:`rollout_until`'s order (by time step, then row)."""
+    n, length = ro.states.shape
+    rows = torch.arange(n).repeat(length)
+    steps = torch.arange(length).repeat_interleave(n)
+    return Visits(rows, steps, ro.states.T.reshape(-1), ro.actions.T.reshape(-1), torch.ones(n * length, dtype=DTYPE))
 
 
 @dataclass

@@ -1,10 +1,14 @@
-"""Tabular followers behind the deep `Follower` seam: exact soft-VI oracle, soft Q-learning, policy mirror descent.
+"""Tabular followers behind the deep `Follower` seam: soft-VI oracle, soft Q-learning, PMD and soft policy gradient.
 
-All three act in a vectorised tabular environment (``E`` copies of a :class:`SoftMDP`, episodes truncated after
+All of them act in a vectorised tabular environment (the core sampler's
+:class:`~bilevel_rl.tabular.core.sampling.EnvBatch`: ``E`` copies of a :class:`SoftMDP`, episodes truncated after
 ``episode_length`` steps, one-hot observations), train on the leader's *current* reward model (evaluated on every
 (s, a) pair whenever they learn), record their transitions for :meth:`collect`, and report the exact value of
 their policy on the true reward as ``eval/true_return``. The trainer, teachers, buffers and upper rules of the
-deep side therefore run on them unchanged.
+deep side therefore run on them unchanged. Each declares its capabilities (:data:`TABULAR_CAPABILITIES`, plus
+``EXTRA_POLICY_LOSS`` and ``PARAMETRIC_POLICY`` for :class:`SoftPolicyGradient`); none trains on the true reward
+or records videos. Randomness: one ``torch.Generator`` per follower; the numpy generator that the seam passes to
+:meth:`~TabularFollower.rollouts_from` seeds a torch one.
 """
 
 from __future__ import annotations

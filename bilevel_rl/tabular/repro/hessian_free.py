@@ -102,7 +102,7 @@ class QuadraticBilevel:
 
     @classmethod
     def digest_instance(cls, c: float = 0.1) -> QuadraticBilevel:
-        """The digest's instance (``d_φ = 3``, ``d_λ = 4``; reproduces its §7 numbers).
+        """The instance of the sign study in ``docs/results/hessian_free_sign.md`` (``d_φ = 3``, ``d_λ = 4``).
 
         ``A`` and ``a`` are the first 12 and next 4 standard normals of ``numpy.random.default_rng(0)``, written
         out so that the instance is data rather than a random stream.
