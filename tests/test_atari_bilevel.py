@@ -84,7 +84,6 @@ def test_rules_run_end_to_end_on_atari_with_discrete_sac(rule, tmp_path):
 
 def test_state_only_reward_cnn_runs_end_to_end(tmp_path):
     """``exp=atari_rlhf_demo`` (state-only reward, Christiano et al. 2017) runs, and its model is state-only."""
-    import torch
 
     demo = ["exp=atari_rlhf_demo", *ATARI_TINY[1:], "torch_threads=1"]
     run_dir = _run_rule("drlhf", tmp_path, demo)

@@ -20,11 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_registered_rule_has_a_config_preset_and_builds():
+    from bilevel_rl.config import build_sections, compose
+
     for name in RULES:
-        preset = ROOT / "bilevel_rl" / "configs" / "upper" / f"{name}.yaml"
+        preset = ROOT / "configs" / "upper" / f"{name}.yaml"
         assert preset.exists(), f"configs/upper/{name}.yaml missing"
-        params = {k: v for k, v in yaml.safe_load(preset.read_text()).items() if k != "name"}
-        rule = make_rule(name, params)
+        defaults = yaml.safe_load(preset.read_text())["defaults"]
+        assert defaults[0] == f"/schema/upper/{name}@_here_"  # the option starts from its rule's dataclass
+        upper = build_sections(compose(["exp=quickstart", f"upper={name}"])).upper
+        assert type(upper).__name__ == rule_classes(name)[1].__name__
+        rule = make_rule(name, vars(upper))
         assert rule.name == name
     with pytest.raises(ValueError, match="upper.name: unknown upper rule 'nope'"):
         rule_classes("nope")

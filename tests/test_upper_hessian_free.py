@@ -58,10 +58,10 @@ def rule_step(sigma: float, **config) -> tuple[RuleLab, dict[str, float], torch.
         )
     )
     rule.attach(lab.follower, lab.reward_model)
-    assert isinstance(lab.follower, SoftPolicyGradient) and isinstance(rule.best_response, SoftPolicyGradient)
+    assert isinstance(lab.follower, SoftPolicyGradient) and isinstance(rule.best_response.follower, SoftPolicyGradient)
     with torch.no_grad():
         lab.follower.theta.copy_(torch.log(pi_sigma))
-        rule.best_response.theta.copy_(torch.log(pi_star))
+        rule.best_response.follower.theta.copy_(torch.log(pi_star))
     batch = lab.on_policy_batch(STEPS)  # the main follower λ' samples; its pairs are the buffer
     buffer = lab.buffer(PAIRS, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()
@@ -121,7 +121,7 @@ def test_coefficients_and_main_follower_role():
     rule.attach(lab.follower, lab.reward_model)
     assert set(rule.auxiliary_followers()) == {"best_response"} and rule.best_response is not lab.follower
     assert lab.follower._extra == rule.policy_loss  # the main follower is λ' (J − σG)
-    assert rule.best_response._extra is None  # type: ignore[union-attr]  # λ trains on J only (Alg. 3 l.6)
+    assert rule.best_response.follower._extra is None  # type: ignore[union-attr]  # λ trains on J only (Alg. 3 l.6)
 
 
 @pytest.mark.parametrize(

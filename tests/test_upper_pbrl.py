@@ -52,7 +52,7 @@ def frozen_penalty_direction(**config) -> tuple[RuleLab, torch.Tensor, torch.Ten
     rule.attach(lab.follower, lab.reward_model)
     pi_hat = lab.optimal_policy()
     with torch.no_grad():
-        rule.best_response.theta.copy_(torch.log(pi_hat))  # type: ignore[union-attr]
+        rule.best_response.follower.theta.copy_(torch.log(pi_hat))  # type: ignore[union-attr]
     batch = lab.on_policy_batch(STEPS)
     buffer = lab.buffer(512, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()
@@ -225,7 +225,7 @@ def test_penalty_hinge_drops_a_negative_penalty_estimate(hinge):
     pi_star = lab.optimal_policy()
     with torch.no_grad():
         lab.follower.theta.copy_(torch.log(pi_star))  # type: ignore[attr-defined]
-        rule.best_response.theta.copy_(-4.0 * torch.log(pi_star))  # type: ignore[union-attr]  # a poor policy
+        rule.best_response.follower.theta.copy_(-4.0 * torch.log(pi_star))  # type: ignore[union-attr]  # a poor policy
     batch = lab.on_policy_batch(STEPS)
     buffer = lab.buffer(512, torch.Generator().manual_seed(1))
     x0 = lab.x.detach().clone()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bilevel_rl.capabilities import Capability
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.tabular.checks.ppa import ppa_exact_terms
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
@@ -53,11 +54,12 @@ def ppa(n=N_PAIRS, **kwargs):
 
 
 def test_ppa_matches_the_exact_hypergradient_and_drlhf_and_eq28_do_not(lab):
-    # measured cosines at 4000 pairs (pair seed 1): Tikhonov solve (δ = 1e-3) 0.9999, damped solve 0.9998;
-    # DRLHF (no implicit term) 0.895; the printed eq. 28 Hessian (outer product dropped) 0.974.
+    # measured (cosine, relative error) at 4000 pairs, pair seeds 1-4: Tikhonov solve (δ = 1e-3) 0.998-0.9998,
+    # 0.065-0.084; the printed eq. 28 Hessian (outer product dropped) 0.974-0.991, 0.148-0.235 (1.8-2.9x the error
+    # of the full Hessian on the same pairs); DRLHF (no implicit term) 0.896 at seed 1.
     exact = lab.exact_hypergradient()
-    cos = {
-        name: compare(one_step(lab, rule, N_PAIRS, pair_seed=1)[0], exact)[0]
+    cmp = {
+        name: compare(one_step(lab, rule, N_PAIRS, pair_seed=1)[0], exact)
         for name, rule in (
             ("normal", ppa(damping=1e-3)),
             ("damped", ppa(damping=1e-3, solver="damped")),
@@ -65,9 +67,11 @@ def test_ppa_matches_the_exact_hypergradient_and_drlhf_and_eq28_do_not(lab):
             ("drlhf", DRLHF(DRLHFConfig(**SGD, batch_size=N_PAIRS))),
         )
     }
-    print("PPA", cos)
+    cos = {name: c for name, (c, _) in cmp.items()}
+    print("PPA", cmp)
     assert cos["normal"] >= 0.99 and cos["damped"] >= 0.99
-    assert cos["drlhf"] < 0.95 and cos["eq28"] < 0.985
+    assert cos["drlhf"] < 0.95
+    assert cos["eq28"] < cos["normal"] - 0.005 and cmp["eq28"][1] > 1.8 * cmp["normal"][1]
 
 
 def test_dice_hessian_is_the_exact_follower_hessian_and_eq28_is_not(lab):
@@ -119,10 +123,20 @@ def test_episode_steps_keep_known_starts_and_sum_scores_per_episode():
 
 def test_a_follower_without_policy_parameters_is_refused():
     oracle = make_rule_lab(seed=0)  # SoftVIOracle: π is a table, action_dist(grad=True) has no parameters
-    batch = oracle.on_policy_batch(20)
+    with pytest.raises(ValueError, match="upper=ppa needs a policy differentiable in its parameters"):
+        ppa(32).attach(oracle.follower, oracle.reward_model)  # refused by its capabilities at attach
+
+    class Claims(type(oracle.follower)):  # a follower that claims a parametric policy it does not have
+        @property
+        def capabilities(self):
+            return super().capabilities | {Capability.PARAMETRIC_POLICY}
+
+    liar = Claims(oracle.mdp, oracle.true_reward, oracle.follower.config, 0)
+    liar.set_reward_model(oracle.reward_model)
+    batch = (liar.learn(20 * liar.num_envs), liar.collect(20))[1]
     rule = ppa(32)
-    rule.attach(oracle.follower, oracle.reward_model)
-    with pytest.raises(ValueError, match="parametric policy"):
+    rule.attach(liar, oracle.reward_model)
+    with pytest.raises(ValueError, match="parametric policy"):  # still caught when the graph is built
         rule.update(
             leader_step(oracle.buffer(32, torch.Generator().manual_seed(0)), 1, np.random.default_rng(0), batch, 1)
         )

@@ -115,15 +115,15 @@ def test_truncated_estimator_is_the_exact_hypergradient_at_gamma_zero():
 
 
 def test_rollout_estimator_matches_the_exact_hypergradient():
-    # eq. 14 / Alg. 3 with N = 32000 pairs, J = 1, T = 12 (bias γ^T ≈ 2e-4). measured over 5 seeds: cosine
-    # 0.995-0.9998, relative error 0.04-0.13; DRLHF 0.93
+    # eq. 14 / Alg. 3 with N = 32000 pairs, J = 1, T = 12 (bias γ^T ≈ 2e-4). measured, one buffer each, seeds 1-7:
+    # cosine 0.989-0.9994; the mean step of two buffers (seeds 1, 2) is asserted; DRLHF 0.93
     lab = lab_at_optimum(seed=0)
     exact = lab.exact_hypergradient()
     cfg = SoBiRLConfig(batch_size=32000, estimator="rollout", rollout_horizon=12, rollout_samples=1, **SGD)
     rule = SoBiRL(cfg)
-    step, _ = one_step(lab, rule, buffer_of(lab, 32000, 1), seed=1)
+    step = sum(one_step(lab, rule, buffer_of(lab, 32000, seed), seed=seed)[0] for seed in (1, 2)) / 2
     print("rollout vs exact", compare(step, exact))
-    assert rule.gamma == lab.mdp.gamma  # taken from the follower
+    assert rule.score.gamma == lab.mdp.gamma  # taken from the follower
     assert compare(step, exact)[0] >= 0.99
 
 

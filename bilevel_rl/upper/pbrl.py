@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.schedules import penalty_constant
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import expected_policy_reward, rollout_return_surrogate, sample_actions
 from bilevel_rl.upper.penalty import PenaltyFollowerConfig, PenaltyInputs, PenaltyRule
@@ -100,14 +101,8 @@ class PBRLConfig(PenaltyFollowerConfig):
             raise ValueError("upper.penalty_weight_x and upper.beta must be >= 0")
 
     def lam_at(self, k: int) -> float:
-        """λ_k at outer iteration ``k ≥ 1``."""
-        steps = max(k - 1, 0)
-        lam = self.lam
-        if self.lam_schedule == "linear":
-            lam = self.lam + self.lam_growth * steps
-        elif self.lam_schedule == "geometric":
-            lam = self.lam * self.lam_growth ** (steps // self.lam_every)
-        return lam if self.lam_max is None else min(lam, self.lam_max)
+        """λ_k at outer iteration ``k ≥ 1`` (the schedule shared with the tabular PBRL reproduction)."""
+        return penalty_constant(k - 1, self.lam, self.lam_schedule, self.lam_growth, self.lam_every, self.lam_max)
 
 
 class PBRL(PenaltyRule):

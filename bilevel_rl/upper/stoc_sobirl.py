@@ -41,6 +41,7 @@ from torch.func import functional_call
 from typing_extensions import override
 
 from bilevel_rl.data.segments import PreferencePairs
+from bilevel_rl.schedules import storm_step, storm_weight
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.preference_rule import Surrogate
 from bilevel_rl.upper.score_term import ScoreTermConfig, ScoreTermRule, surrogate_loss
@@ -92,9 +93,7 @@ class StocSoBiRL(ScoreTermRule):
         c = self.config
         if c.schedule == "constant":
             return c.lr, c.eta
-        beta = c.lr * ((c.n_beta + 1) / (c.n_beta + k)) ** (1 / 3)
-        eta = 1.0 if k == 1 else max(c.eta, 1.0 - (c.n_beta + k - 1) ** (-2 / 3))
-        return beta, eta
+        return storm_step(k, c.lr, c.n_beta), storm_weight(k, c.n_beta, floor=c.eta)
 
     @override
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
