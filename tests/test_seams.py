@@ -176,3 +176,25 @@ def test_leader_samples_come_from_the_leader_generator_not_the_global_torch_stre
         assert torch.equal(updates[0], updates[1]) and not torch.equal(updates[0], updates[2])
     finally:
         follower.close()
+
+
+def test_no_two_classes_share_a_name_and_no_module_exceeds_600_lines():
+    names: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, f"{path} has {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                names.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
+
+
+def test_the_penalty_schedule_is_the_one_the_tabular_reproduction_uses():
+    from bilevel_rl import schedules
+    from bilevel_rl.upper.pbrl import PBRLConfig
+
+    c = PBRLConfig(lam=2.0, lam_schedule="geometric", lam_growth=2.0, lam_every=3, lam_max=10.0)
+    for k in range(1, 12):
+        assert c.lam_at(k) == schedules.penalty_constant(k - 1, 2.0, "geometric", 2.0, 3, 10.0)
+    tabular = [p for p in (ROOT / "tabular").rglob("*.py") if "penalty_constant" in p.read_text()]
+    assert tabular, "the tabular PBRL reproduction should draw its λ_k from bilevel_rl.schedules"
