@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 
 from bilevel_rl.envs.atari import AtariConfig
 from bilevel_rl.objectives.preferences import PreferenceObjectiveConfig
-from bilevel_rl.schema import check_dataclass, structured
+from bilevel_rl.schema import check_dataclass, check_range, structured
 from bilevel_rl.trainer import CheckpointConfig, TrainerConfig
 from bilevel_rl.upper.base import RULES, rule_classes
 
@@ -39,8 +39,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "env")
-        if self.n_envs < 1:
-            raise ValueError(f"env.n_envs: must be >= 1, got {self.n_envs}")
+        check_range(self, "env", "n_envs", low=1, strict=False)
 
 
 @dataclass
@@ -72,10 +71,7 @@ class FollowerConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "follower")
-        for key in ("learning_rate", "actor_lr", "reward_clip", "lr_horizon"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"follower.{key}: must be > 0, got {value}")
+        check_range(self, "follower", "learning_rate", "actor_lr", "reward_clip", "lr_horizon")
 
 
 @dataclass
@@ -124,8 +120,7 @@ class CNNRewardConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "reward_model")
-        if self.target_std <= 0:
-            raise ValueError(f"reward_model.target_std: must be > 0, got {self.target_std}")
+        check_range(self, "reward_model", "target_std")
 
 
 @dataclass
@@ -137,8 +132,7 @@ class OracleTeacherConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "teacher")
-        if self.tie_tolerance < 0:
-            raise ValueError(f"teacher.tie_tolerance: must be >= 0, got {self.tie_tolerance}")
+        check_range(self, "teacher", "tie_tolerance", strict=False)
 
 
 @dataclass
@@ -151,9 +145,7 @@ class BradleyTerryTeacherConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "teacher")
-        for key in ("temperature", "clip"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"teacher.{key}: must be > 0, got {getattr(self, key)}")
+        check_range(self, "teacher", "temperature", "clip")
 
 
 @dataclass

@@ -86,6 +86,18 @@ class _Choice(str, enum.Enum):
         return format(str(self.value), spec)
 
 
+def check_range(obj: Any, prefix: str, *keys: str, low: float = 0.0, strict: bool = True) -> None:
+    """Refuse ``<prefix>.<key>`` values ``<= low`` (``< low`` when not ``strict``); ``None`` passes.
+
+    Raises:
+        ValueError: one line ``<prefix>.<key>: must be > low, got value``.
+    """
+    for key in keys:
+        value = getattr(obj, key)
+        if value is not None and (value <= low if strict else value < low):
+            raise ValueError(f"{prefix}.{key}: must be {'>' if strict else '>='} {low:g}, got {value}")
+
+
 def _structured_type(tp: Any, name: str) -> Any:
     optional, inner = _is_optional(tp)
     choices = _choices(inner)

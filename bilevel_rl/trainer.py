@@ -29,7 +29,7 @@ from bilevel_rl.followers.base import Follower
 from bilevel_rl.logging import MetricLogger
 from bilevel_rl.objectives.base import Objective
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.schema import check_dataclass
+from bilevel_rl.schema import check_dataclass, check_range
 from bilevel_rl.upper.base import LeaderStep, UpperRule
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,10 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "trainer")
-        for key in ("total_steps", "steps_per_iter", "eval_episodes", "video_length"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"trainer.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("initial_steps", "eval_every", "video_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"trainer.{key}: must be >= 0, got {getattr(self, key)}")
+        check_range(
+            self, "trainer", "total_steps", "steps_per_iter", "eval_episodes", "video_length", low=1, strict=False
+        )
+        check_range(self, "trainer", "initial_steps", "eval_every", "video_every", strict=False)
         if self.initial_steps > self.total_steps:
             raise ValueError(
                 f"trainer.initial_steps: {self.initial_steps} exceeds trainer.total_steps={self.total_steps}"
@@ -87,10 +85,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "checkpoint")
-        if self.every < 0:
-            raise ValueError(f"checkpoint.every: must be >= 0, got {self.every}")
-        if self.keep < 1:
-            raise ValueError(f"checkpoint.keep: must be >= 1, got {self.keep}")
+        check_range(self, "checkpoint", "every", strict=False)
+        check_range(self, "checkpoint", "keep", low=1, strict=False)
 
 
 class Trainer:

@@ -12,17 +12,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
 from bilevel_rl.config import CONFIG_DIR
-from bilevel_rl.envs.atari import (
-    AtariConfig,
-    atari_make_kwargs,
-    atari_spaces,
-    evaluate_atari,
-    get_vec_stack_state,
-    is_atari,
-    make_atari_eval_env,
-    make_atari_train_env,
-    set_vec_stack_state,
-)
+from bilevel_rl.envs import atari
+from bilevel_rl.envs.atari import AtariConfig, atari_make_kwargs, atari_spaces, evaluate_atari, is_atari
 from bilevel_rl.envs.state import get_env_state, set_env_state
 
 NO_STICKY = {"repeat_action_probability": 0.0}
@@ -102,7 +93,7 @@ def test_spaces() -> None:
 
 
 def test_train_env_wrappers_frameskip_and_zero_padding() -> None:
-    venv = make_atari_train_env("ALE/Breakout-v5", 1, 0, NO_STICKY, AtariConfig())
+    venv = atari.make_atari_train_env("ALE/Breakout-v5", 1, 0, NO_STICKY, AtariConfig())
     assert _chain(venv) == [
         "ClipRewardEnv",
         "AtariTrueReward",
@@ -141,7 +132,7 @@ def test_train_env_wrappers_frameskip_and_zero_padding() -> None:
 
 @pytest.mark.parametrize("teacher", ["raw", "clipped"])
 def test_true_reward_raw_or_clipped(teacher: str) -> None:
-    venv = make_atari_train_env("ALE/SpaceInvaders-v5", 1, 0, NO_STICKY, AtariConfig(teacher_reward=teacher))
+    venv = atari.make_atari_train_env("ALE/SpaceInvaders-v5", 1, 0, NO_STICKY, AtariConfig(teacher_reward=teacher))
     venv.reset()
     actions = np.random.default_rng(1).integers(venv.action_space.n, size=400)  # type: ignore[attr-defined]
     _, rewards, _, true = _random_steps(venv, actions)
@@ -155,7 +146,7 @@ def test_true_reward_raw_or_clipped(teacher: str) -> None:
 
 
 def test_eval_env_game_score_equals_monitor_return() -> None:
-    venv = make_atari_eval_env("ALE/SpaceInvaders-v5", NO_STICKY, AtariConfig(), seed=0)
+    venv = atari.make_atari_eval_env("ALE/SpaceInvaders-v5", NO_STICKY, AtariConfig(), seed=0)
     chain = _chain(venv)
     assert "EpisodicLifeEnv" not in chain and "ClipRewardEnv" not in chain and "FireResetEnv" in chain
     n = venv.action_space.n  # type: ignore[attr-defined]
@@ -175,7 +166,7 @@ def test_eval_env_game_score_equals_monitor_return() -> None:
 
 
 def test_eval_env_render_gives_rgb_frames() -> None:
-    venv = make_atari_eval_env("ALE/Pong-v5", NO_STICKY, AtariConfig(), seed=0, render=True)
+    venv = atari.make_atari_eval_env("ALE/Pong-v5", NO_STICKY, AtariConfig(), seed=0, render=True)
     venv.reset()
     frame = venv.render()
     assert frame is not None and frame.shape == (210, 160, 3) and frame.dtype == np.uint8
@@ -189,21 +180,21 @@ def test_resume_mid_episode_is_exact() -> None:
     in the window, so EpisodicLifeEnv's counters and the auto-reset's no-op RNG are exercised.
     """
     cfg = AtariConfig()
-    venv = make_atari_train_env("ALE/Breakout-v5", 1, 0, {}, cfg)
+    venv = atari.make_atari_train_env("ALE/Breakout-v5", 1, 0, {}, cfg)
     venv.reset()
     actions = np.random.default_rng(4).integers(4, size=300)
     _random_steps(venv, actions[:200])
     env_state = [get_env_state(e) for e in venv.envs]  # type: ignore[attr-defined]
-    stack_state = get_vec_stack_state(venv)
+    stack_state = atari.get_vec_stack_state(venv)
     ref_obs, ref_rew, ref_done, ref_true = _random_steps(venv, actions[200:])
     assert ref_done.any() and ref_true.any()  # the window holds a life loss and some reward
     ref_episodes = _monitor(venv).get_episode_rewards()
 
-    fresh = make_atari_train_env("ALE/Breakout-v5", 1, 123, {}, cfg)
+    fresh = atari.make_atari_train_env("ALE/Breakout-v5", 1, 123, {}, cfg)
     fresh.reset()
     for env, state in zip(fresh.envs, env_state, strict=True):  # type: ignore[attr-defined]
         set_env_state(env, state)
-    set_vec_stack_state(fresh, stack_state)
+    atari.set_vec_stack_state(fresh, stack_state)
     obs, rew, done, true = _random_steps(fresh, actions[200:])
     for a, b in zip(obs, ref_obs, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -213,13 +204,13 @@ def test_resume_mid_episode_is_exact() -> None:
     assert _monitor(fresh).get_episode_rewards() == ref_episodes
 
     # without the frame stack the first observations differ: the stack is real state
-    other = make_atari_train_env("ALE/Breakout-v5", 1, 123, {}, cfg)
+    other = atari.make_atari_train_env("ALE/Breakout-v5", 1, 123, {}, cfg)
     other.reset()
     for env, state in zip(other.envs, env_state, strict=True):  # type: ignore[attr-defined]
         set_env_state(env, state)
     o, _, _, _ = other.step(np.array([actions[200]]))
     assert not np.array_equal(o, ref_obs[0])
     with pytest.raises(ValueError, match="frame-stack state"):
-        set_vec_stack_state(other, [])
+        atari.set_vec_stack_state(other, [])
     for v in (venv, fresh, other):
         v.close()

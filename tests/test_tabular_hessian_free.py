@@ -65,7 +65,7 @@ def test_eq11_is_the_gradient_of_the_proxy_and_the_printed_sign_is_not(sigma):
 
 
 def test_quadratic_directions_have_the_closed_forms():
-    q = QuadraticBilevel.digest_instance()
+    q = QuadraticBilevel.reference_instance()
     phi = torch.randn(3, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
     sigma = 0.05
     lam, lam_sigma = q.exact_followers(phi, sigma)
@@ -80,7 +80,7 @@ def test_quadratic_directions_have_the_closed_forms():
 def test_printed_sign_diverges_and_eq11_converges_on_the_quadratic_toy():
     """Digest §7 settings (σ = 0.05, K = 200, η = 0.02, τ_1 = 2), 60 outer steps: eq. (11) cuts ‖∇Φ‖ by 2× while the
     printed sign blows ‖∇Φ‖ and ‖φ‖ up, monotonically."""
-    q = QuadraticBilevel.digest_instance()
+    q = QuadraticBilevel.reference_instance()
     good = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20))
     bad = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20, sign="printed"))
     g0 = good.rows[0]["hypergrad_norm"]
@@ -92,7 +92,7 @@ def test_printed_sign_diverges_and_eq11_converges_on_the_quadratic_toy():
 
 
 def test_blowup_guard_stops_a_diverging_run():
-    q = QuadraticBilevel.digest_instance()
+    q = QuadraticBilevel.reference_instance()
     res = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=400, inner_steps=20, sign="printed", blowup=50.0))
     assert res.diverged and res.rows[-1]["phi_norm"] > 50 and res.rows[-1]["t"] < 400
     assert not run_hessian_free(q, TabularHessianFreeConfig(outer_steps=5, inner_steps=20)).diverged

@@ -23,7 +23,7 @@ from bilevel_rl.data.teachers import Teacher
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.objectives.base import Objective
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.schema import check_dataclass
+from bilevel_rl.schema import check_dataclass, check_range
 
 
 @dataclass
@@ -48,12 +48,8 @@ class PreferenceObjectiveConfig:
 
     def __post_init__(self) -> None:
         check_dataclass(self, "buffer")
-        for key in ("capacity", "segment_length"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"buffer.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("initial_pairs", "pairs_per_iter", "warmup_epochs", "epochs_per_iter"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"buffer.{key}: must be >= 0, got {getattr(self, key)}")
+        check_range(self, "buffer", "capacity", "segment_length", low=1, strict=False)
+        check_range(self, "buffer", "initial_pairs", "pairs_per_iter", "warmup_epochs", "epochs_per_iter", strict=False)
 
 
 def bradley_terry_loss(returns: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

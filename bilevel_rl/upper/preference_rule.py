@@ -21,7 +21,7 @@ from typing_extensions import override
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.schema import check_dataclass
+from bilevel_rl.schema import check_dataclass, check_range
 from bilevel_rl.upper.base import LeaderStep, UpperRule
 from bilevel_rl.upper.estimators import pair_losses
 
@@ -30,10 +30,7 @@ log = logging.getLogger(__name__)
 
 def positive(config: object, *keys: str, strict: bool = True) -> None:
     """Refuse ``upper.<key>`` values ``<= 0`` (``< 0`` when not ``strict``); ``None`` passes."""
-    for key in keys:
-        value = getattr(config, key)
-        if value is not None and (value <= 0 if strict else value < 0):
-            raise ValueError(f"upper.{key}: must be {'>' if strict else '>='} 0, got {value}")
+    check_range(config, "upper", *keys, strict=strict)
 
 
 @dataclass

@@ -10,8 +10,8 @@ estimates (estimator → exact target; bias):
   *biased* estimator of ``∇φ`` (exact at ``γ = 0``; its bias is measured in the tests).
 * HPGD Alg. 5 (Prop. 1), :func:`hpgd_decomposable_estimate` → :func:`hpgd_decomposable_exact` = ``∇F``; unbiased.
 * HPGD Alg. 1 + 2 (Thm. 1), :func:`hpgd_estimate` → ``∇F`` for any ``f(x, π)``; unbiased.
-* HPGD critic/VJP form (digest §5.3), :func:`hpgd_critic_vjp_estimate` → ``∇F``; unbiased up to ``O(Lγ^L)``
-  with the exact leader advantage.
+* HPGD critic/VJP form (our construction, ``docs/theory/hpgd_four_rooms.md`` §3.5), :func:`hpgd_critic_vjp_estimate`
+  → ``∇F``; unbiased up to ``O(Lγ^L)`` with the exact leader advantage.
 * PBRL value / Bellman penalty, :func:`value_penalty_grad_estimate` / :func:`bellman_penalty_grad_estimate` →
   :func:`value_penalty_grad_exact` / :func:`bellman_penalty_grad_exact` (``= ∇_x p`` at ``π̂ = π*``); unbiased with
   geometric truncation.

@@ -1,13 +1,14 @@
 """HPGD hypergradient estimators (Thoma et al., NeurIPS 2024): Algorithms 1, 2, 5 and the critic/VJP form.
 
 The follower plays the soft-optimal policy ``π*_x = softmax(Q*/λ)`` (``λ = mdp.tau``); Prop. 2 gives
-``dπ*(a|s)/dx = λ^{-1} π*(a|s) ∂_x A^{π*}(s, a)`` where ``∂_x A`` is the derivative at *fixed* policy (pitfall P2).
+``dπ*(a|s)/dx = λ^{-1} π*(a|s) ∂_x A^{π*}(s, a)`` where ``∂_x A`` is the derivative at *fixed* policy (HPGD §3.1).
 Transitions and ``μ = ρ`` do not depend on ``x`` here, so every ``∇_x log P`` term of the paper vanishes and
-Algorithm 2 needs no value tails (digest §3, "If only the reward depends on x").
+Algorithm 2 needs no value tails, which only multiply ``∇_x log P`` (``docs/theory/hpgd_four_rooms.md`` §3.1).
 
-Sign convention (digest pitfall P1): the leader *minimises* ``F``. Eq. (8) / Algorithm 5 as printed return
-``∇(−F)``, the gradient of the leader's *return*; every function here returns ``∇F``, the descent direction's
-negative, so that ``x ← x − α ∇F`` decreases ``F`` exactly like the other upper-level rules.
+Sign convention (``docs/theory/hpgd_four_rooms.md`` §1): the leader *minimises* ``F``. Eq. (8) / Algorithm 5 as
+printed return ``∇(−F)``, the gradient of the leader's *return* (the proof of Prop. 1, App. E.6, differentiates
+the return); every function here returns ``∇F``, the descent direction's negative, so that ``x ← x − α ∇F``
+decreases ``F`` exactly like the other upper-level rules.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _GEOMETRIC = RolloutConfig(geometric=True)
 
 
 def leader_values(pi: torch.Tensor, leader_reward: torch.Tensor, mdp: SoftMDP) -> tuple[torch.Tensor, torch.Tensor]:
-    """*Unregularised* leader ``(Q̄^π, V̄^π)`` for the leader reward ``r̄`` (HPGD L628–629), differentiable."""
+    """*Unregularised* leader ``(Q̄^π, V̄^π)`` for the leader reward ``r̄`` (HPGD §3.3, after Prop. 1), differentiable."""
     return policy_evaluation(pi, leader_reward, mdp, regularised=False)
 
 
@@ -48,7 +49,7 @@ def decomposable_objective(x: torch.Tensor, pi: torch.Tensor, leader_reward_fn: 
 def hpgd_decomposable_exact(
     x: torch.Tensor, reward_fn: RewardFn, leader_reward_fn: RewardFn, pi: torch.Tensor, mdp: SoftMDP
 ) -> torch.Tensor:
-    """Prop. 1 (eq. 8) in closed form at ``π``, returned as ``∇F`` (the printed eq. 8 is ``∇(−F)``, pitfall P1).
+    """Prop. 1 (eq. 8) in closed form at ``π``, returned as ``∇F`` (the printed eq. 8 is ``∇(−F)``).
 
     ``∇(−F) = Σ_{s,a} d^π(s, a) [λ^{-1} Q̄(s, a) ∂_x A^π(s, a) + ∇r̄(s, a)]`` with the discounted occupancy
     ``d^π`` from ``ρ``, ``∂_x A^π(s, a) = Σ (D^π[s, a] − D_V^π[s]) ∇r`` and no ``∇ log P`` term. At ``π = π*`` this
@@ -70,7 +71,7 @@ def advantage_gradient_visits(
     generator: torch.Generator,
     terminal: torch.Tensor | None = None,
 ) -> tuple[Visits, Visits]:
-    """HPGD Algorithm 2 (``GradientEstimator``, L1413–1492) for a batch of ``(s, a)``, as visit weights.
+    """HPGD Algorithm 2 (``GradientEstimator``, App. D) for a batch of ``(s, a)``, as visit weights.
 
     ``∂̂_x Q(s, a) = Σ_{t=0}^{T_Q} ∇r(s_t, a_t)`` on a rollout from the forced start ``(s, a)`` and ``∂̂_x V(s)`` the
     same from ``s`` with ``a_0 ~ π``, with independent ``T_Q, T_V ~ Geo(1 − γ)``; ``∂̂_x A = ∂̂_x Q − ∂̂_x V`` is
@@ -113,7 +114,7 @@ def alg5_weights(
     generator: torch.Generator,
     terminal: torch.Tensor | None = None,
 ) -> GradientWeights:
-    """The mean of ``num_samples`` independent outputs of HPGD Algorithm 5 (Algorithm 2 inside; App. C, Prop. 4).
+    """The mean of ``num_samples`` independent outputs of HPGD Algorithm 5 (Algorithm 2 inside; App. D, Prop. 4).
 
     Per sample: ``T ~ Geo(1 − γ)``, ``T' ~ Geo(1 − γ^{1/2})``, a trajectory ``(s_0, a_0, …, s_{T+T'})`` from ``ρ``,
     an independent ``∂̂A(s_T, a_T)`` (Algorithm 2, two fresh restarts) and ``Ĝ = Σ_{t'=T}^{T+T'} γ^{(t'−T)/2}
@@ -160,8 +161,8 @@ class HPGDEstimatorConfig:
     """Sample size of an HPGD estimate.
 
     Attributes:
-        num_samples: independent copies of the single-sample estimator that are averaged (the paper uses one
-            per step, digest §3 Alg. 1: "Mini-batching is a free extension").
+        num_samples: independent copies of the single-sample estimator that are averaged (Algorithm 1 uses one
+            ``(ξ, s, a)`` per step; averaging independent copies keeps it unbiased and is our extension).
     """
 
     num_samples: int = 4096
@@ -212,7 +213,7 @@ def hpgd_estimate(
 
     ``ĝ = ∂_1 f(x, π) + (λ ν(s))^{-1} ∂_2 f(x, π)/∂π(a|s) · ∂̂A(s, a)`` with ``s ~ ν`` (full support) and
     ``a ~ π(·|s)``; averaged over ``cfg.num_samples`` draws. Unbiased for ``dF/dx`` at ``π = π*`` (the leader knows
-    ``∂f`` here; the ``1/ν(s)`` factor makes the variance scale with ``1/min_s ν(s)``, pitfall P6).
+    ``∂f`` here; the ``1/ν(s)`` factor makes the variance scale with ``1/min_s ν(s)``).
 
     Args:
         x: leader variable.
@@ -237,7 +238,7 @@ def hpgd_estimate(
 
 @dataclass
 class CriticVJPConfig:
-    """Sizes of the critic-based VJP estimator (digest hpgd.md §5.3).
+    """Sizes of the critic-based VJP estimator (``docs/theory/hpgd_four_rooms.md`` §3.5).
 
     Attributes:
         num_episodes: on-policy episodes from ``ρ``.
@@ -258,7 +259,9 @@ def hpgd_critic_vjp_estimate(
     cfg: CriticVJPConfig,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """The scalable on-policy form of Prop. 1 used by the deep HPGD rule (digest hpgd.md §5.3), returning ``∇F``.
+    """The scalable on-policy form of Prop. 1 used by the deep HPGD rule, returning ``∇F``.
+
+    This form is our construction, not the paper's (``docs/theory/hpgd_four_rooms.md`` §3.5).
 
     With a leader critic ``Ā(s, a)`` and on-policy episodes from ``ρ``, ``w_t = γ^t Ā(s_t, a_t) / λ`` and the
     forward discounted cumulative sum ``c_k = w_k + γ c_{k−1}``, the surrogate ``Σ_k c_k r_x(s_k, a_k) +
@@ -266,7 +269,7 @@ def hpgd_critic_vjp_estimate(
     estimate of ``∇(−F)``. It is unbiased (up to ``O(Lγ^L)``) when ``Ā`` is the exact leader advantage of ``π``:
     ``E_a[∂A · Q̄] = E_a[∂Q · Ā]`` because ``E_a ∂Q = ∂V`` and ``E_a Ā = 0``, and the reward-to-go after step
     ``t`` is independent of ``Ā(s_t, a_t)`` given ``(s_t, a_t)``. An MC advantage from the *same* trajectory
-    would add a covariance bias (pitfall P8).
+    would add a covariance bias (the reason why Algorithm 5 draws its two factors from independent rollouts).
 
     Args:
         x: leader variable.

@@ -1,4 +1,4 @@
-"""HPGD hypergradient estimators from sampled trajectories only, in the form of the Four-Rooms runs (HPGD §3, App. C).
+"""HPGD hypergradient estimators from sampled trajectories only, in the form of the Four-Rooms runs (HPGD §3, App. D).
 
 The leader never sees ``P`` or ``π`` in these estimators: it only receives sampled trajectories of the follower's
 (oracle) policy, plus the derivatives of its *own* parameterisation ``x ↦ r_x, r̄_x`` at the visited pairs. The
@@ -7,7 +7,8 @@ returning trajectories of ``π^o``); all randomness comes from an explicit ``tor
 
 :func:`pooled_estimator` and Algorithm 5 (:func:`~bilevel_rl.tabular.checks.hpgd.alg5_weights`, which takes the same
 ``terminal`` mask) return :class:`~bilevel_rl.tabular.checks.hpgd.GradientWeights` ``(W_r, W_r̄)`` over ``(s, a)`` such
-that the estimate of the ascent direction of the leader's return ``-dF/dx`` (HPGD Eq. 8; digest pitfall P1) is
+that the estimate of the ascent direction of the leader's return ``-dF/dx`` (HPGD Eq. 8 as printed; see
+``docs/theory/hpgd_four_rooms.md`` §1) is
 
     ĝ = Σ_{s,a} W_r(s, a) ∇_x r_x(s, a) + Σ_{s,a} W_r̄(s, a) ∇_x r̄_x(s, a)
 
@@ -40,7 +41,7 @@ def run_envs(
     """``num_envs`` auto-resetting environments for ``steps_per_env`` steps each (the authors' data layout).
 
     An episode ends when the next state is terminal or after ``max_episode_steps`` (treated as done, no
-    bootstrap, digest P17). Steps of an episode still running when the budget ends are flagged incomplete.
+    bootstrap, as in the authors' code). Steps of an episode still running when the budget ends are flagged incomplete.
 
     Returns:
         ``(T, E)`` tensors ``s``, ``a``, ``tau`` (within-episode time), ``done`` and ``complete``.
@@ -126,15 +127,15 @@ def pooled_estimator(
 ) -> GradientWeights:
     """Prop. 1 (Eq. 8) with tabular every-visit Monte-Carlo estimates pooled over one on-policy batch.
 
-    This is the form the authors' Four-Rooms code computes (digest §4.1): on ``num_envs × steps_per_env``
-    on-policy steps, every visit's discounted reward-to-go of ``∇_x r`` is an Algorithm-2 sample of
-    ``∂_x Q^π(s_t, a_t)`` (Theorem 2, with the geometric truncation Rao-Blackwellised); they are averaged per
-    ``(s, a)`` and per ``s`` to give ``∂_x Â = ∂_x Q̂ - ∂_x V̂``. The leader's ``Q̄`` is replaced by the tabular
-    advantage ``Ā = Q̄ - V̄`` (valid since ``E_{a~π} ∂_x A(s, a) = 0``), and
+    This is the form the authors' Four-Rooms code computes (``docs/theory/hpgd_four_rooms.md`` §3.4): on
+    ``num_envs × steps_per_env`` on-policy steps, every visit's discounted reward-to-go of ``∇_x r`` is an
+    Algorithm-2 sample of ``∂_x Q^π(s_t, a_t)`` (Theorem 2, with the geometric truncation Rao-Blackwellised); they
+    are averaged per ``(s, a)`` and per ``s`` to give ``∂_x Â = ∂_x Q̂ - ∂_x V̂``. The leader's ``Q̄`` is replaced by
+    the tabular advantage ``Ā = Q̄ - V̄`` (valid since ``E_{a~π} ∂_x A(s, a) = 0``), and
 
         ĝ = (1/N_ep) Σ_{steps} γ^{τ_t} [ ∇_x r̄(s_t, a_t) + ∂_x Â(s_t, a_t) Ā(s_t, a_t) / λ ].
 
-    The products of same-batch tabular averages make it biased for finite batches but consistent (digest P8);
+    The products of same-batch tabular averages make it biased for finite batches but consistent;
     its variance is orders of magnitude below Algorithm 5's at λ = 10⁻³ (see the results doc). The
     ``(S, A, d)`` tables are never formed: ``Σ_i ω_i ∂Q̂-sample_i`` is folded into a forward discounted cumsum.
     Only completed episodes enter the statistics; all ``num_envs × steps_per_env`` steps count as spent.

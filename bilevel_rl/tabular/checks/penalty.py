@@ -31,8 +31,9 @@ class PenaltyConfig:
 
     Attributes:
         num_rollouts: ``B``, rollouts per policy (both rollout batches have this size).
-        rollout: truncation of the discounted sums (PBRL uses length-5 MC in its experiments, L1478; a fixed
-            ``H`` leaves an ``O(γ^H)`` bias, Hessian-free L184; geometric truncation is unbiased).
+        rollout: truncation of the discounted sums (PBRL uses length-5 MC in its experiments, App. E.1; a
+            fixed ``H`` leaves an ``O(γ^H)`` bias, Hessian-free §4 after eq. 12; geometric truncation is
+            unbiased).
         num_pairs: trajectory tuples for ``∇_x Ĝ`` (Hessian-free method only).
     """
 
@@ -50,7 +51,7 @@ def discounted_reward_gradient_table(
 ) -> torch.Tensor:
     """Visit weights ``W (S, A)`` of ``B`` rollouts from ``ρ`` so that ``Σ W ∇r`` estimates ``∇_x V^π(ρ)``.
 
-    This is ``mean_j DR_x(τ_j)`` with ``DR_x(τ) = Σ_t γ^t r_x(s_t, a_t)`` (PBRL digest §2.0; Hessian-free Alg. 1
+    This is ``mean_j DR_x(τ_j)`` with ``DR_x(τ) = Σ_t γ^t r_x(s_t, a_t)`` (PBRL eq. C.1; Hessian-free Alg. 1
     l. 12). With ``first_policy`` the first action is drawn from it and later ones from ``pi`` (PBRL's mixed rollouts).
     """
     s0 = sample_states(mdp.rho, cfg.num_rollouts, generator)
@@ -101,7 +102,7 @@ def value_penalty_grad_estimate(
     cfg: PenaltyConfig,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Stochastic PBRL value-penalty ``x``-gradient (Lemma 7(a), eq. C.29; digest §2.3).
+    """Stochastic PBRL value-penalty ``x``-gradient (Lemma 7(a), eq. C.29).
 
     ``∇̂_x p = mean DR_x(τ̂) − mean DR_x(τ_y)`` with independent rollouts ``τ̂ ~ π̂`` and ``τ_y ~ π_y`` from ``ρ``.
     Descending it raises ``r_x`` on ``π_y``'s trajectories and lowers it on the best response's.
@@ -122,7 +123,7 @@ def bellman_penalty(x: torch.Tensor, reward_fn: RewardFn, pi_y: torch.Tensor, md
     """PBRL Bellman penalty ``p = g(x, y) − v(x)`` (eqs. 3.5–3.7) with negative-entropy ``h``.
 
     ``g = E_{s~ρ}[⟨y_s, −Q*(s, ·)⟩ + τ Σ_a y log y]`` and ``v = min_y g = −V*(ρ)``; equivalently
-    ``p = τ E_{s~ρ} KL(π_y(·|s) ‖ π*(·|s))`` (digest §1.5).
+    ``p = τ E_{s~ρ} KL(π_y(·|s) ‖ π*(·|s))`` (``docs/theory/penalty_methods.md`` §1.8).
     """
     sol_Q = _soft_q(reward_fn(x), mdp)
     g = (mdp.rho * (pi_y * (mdp.tau * torch.log(pi_y) - sol_Q)).sum(1)).sum()
@@ -158,7 +159,7 @@ def bellman_penalty_grad_estimate(
     cfg: PenaltyConfig,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Stochastic PBRL Bellman-penalty ``x``-gradient with mixed rollouts (Lemma 9(a); digest §2.4).
+    """Stochastic PBRL Bellman-penalty ``x``-gradient with mixed rollouts (Lemma 9(a); App. C.7 after eq. C.31).
 
     ``∇̂_x p = mean DR_x(τ̂) − mean DR_x(τ_mix)`` where ``τ̂`` follows ``π̂`` throughout and ``τ_mix`` takes
     ``a_0 ~ π_y(s_0)`` and then ``π̂`` (only the first action differs), both from ``s_0 ~ ρ``.
@@ -208,7 +209,7 @@ def penalised_follower(
     sigma: float,
     cfg: PenalisedFollowerConfig | None = None,
 ) -> torch.Tensor:
-    """``π*_σ(x) = argmax_π h_σ(x, π)``, ``h_σ = J − σ G`` (Hessian-free eq. 10 and L116), started at ``π*(x)``.
+    """``π*_σ(x) = argmax_π h_σ(x, π)``, ``h_σ = J − σ G`` (Hessian-free eq. 10 and §3.1), started at ``π*(x)``.
 
     Saddle-free Newton ascent (curvatures replaced by their magnitudes, floored) with backtracking on the logits
     ``θ`` (``π = softmax θ``), so every step is an ascent direction even where ``h_σ`` is not concave.
@@ -295,7 +296,9 @@ def hessian_free_grad_exact(
     loss: TrajectoryLoss,
     hf: HessianFreeEstimatorConfig,
 ) -> torch.Tensor:
-    """Closed form ``∇Φ_σ = ∇_x G(x, π_σ) + σ^{-1}(∇_x J(x, π*) − ∇_x J(x, π_σ))`` (eq. 11; Danskin, digest §2.1).
+    """Closed form ``∇Φ_σ = ∇_x G(x, π_σ) + σ^{-1}(∇_x J(x, π*) − ∇_x J(x, π_σ))`` (eq. 11; Danskin).
+
+    The derivation by Danskin's theorem is in ``docs/theory/penalty_methods.md`` §2.1.
 
     ``∇_x G`` is at fixed ``π_σ`` (trajectory enumeration) and ``∇_x J(x, π) = Σ d^π ∇r``. ``hf.sign =
     "alg1_printed"`` flips the penalty term as Alg. 1 l. 15 / Alg. 3 l. 9 print it (for reproducing the erratum).
@@ -322,10 +325,10 @@ def hessian_free_grad_estimate(
     ``d_t = ∇_x Ĝ(x; pairs ~ π_σ) + σ^{-1}(∇_x Ĵ(x, π*) − ∇_x Ĵ(x, π_σ))`` with
     ``∇_x Ĵ(x, π) = (1/B) Σ_j Σ_i γ^{i−1} ∇r(s_{ij}, a_{ij})`` on ``B`` rollouts of ``π`` from ``ρ`` (l. 12, 14).
 
-    Corrections (digest §2.1, P1–P2): Alg. 1 l. 15 prints ``−σ^{-1}(…)``; eq. (11), Danskin's theorem and PBRL
-    give ``+σ^{-1}(…)``, and the printed sign makes ``x`` ascend the penalty. ``∇_x Ĝ`` is taken on pairs from
-    ``π_σ`` (Danskin-exact) instead of ``π*`` (both are ``O(σ)`` from ``∇Φ``). ``G`` is the Bradley–Terry BCE
-    (any :class:`TrajectoryLoss`) instead of eq. (6)'s linear probability (P7).
+    Corrections (``docs/theory/penalty_methods.md`` §2.1–2.2, §2.4): Alg. 1 l. 15 prints ``−σ^{-1}(…)``; eq. (11),
+    Danskin's theorem and PBRL give ``+σ^{-1}(…)``, and the printed sign makes ``x`` ascend the penalty. ``∇_x Ĝ`` is
+    taken on pairs from ``π_σ`` (Danskin-exact) instead of ``π*`` (both are ``O(σ)`` from ``∇Φ``). ``G`` is the
+    Bradley–Terry BCE (any :class:`TrajectoryLoss`) instead of eq. (6)'s linear probability.
 
     Args:
         x: leader variable (the paper's ``φ``).

@@ -2,22 +2,25 @@
 
 The follower is a tabular softmax policy ``π_θ = softmax(θ)`` (``θ ∈ R^{S×A}``, ``d = S·A``) maximising
 ``V(ν, θ) = E_{s_0~ρ}[Σ_t γ^t (r_ν(s_t, a_t) − τ log π_θ(a_t|s_t))]``; the entropy term (not in the paper) gives a
-finite, unique-up-to-shift maximiser ``θ*(ν) = Q*/τ`` (digest pitfall P6). The principal's utility is
+finite, unique-up-to-shift maximiser ``θ*(ν) = Q*/τ`` (an unregularised softmax optimum is deterministic, so
+its logits diverge, and the paper's Assumption 4, §4, cannot hold for it). The principal's utility is
 ``D(π) = E_{τ~π}[U(τ)]`` with ``U(τ) = Σ_{h<H_u} u(s_h, a_h)`` from ``ρ`` (undiscounted, eq. 6–7), ``ν``-free.
 
-Implicit term (eqs. 12–13; digest §2.1 "simplification"): with ``g_U = ∇_θ D``, ``H = ∇²_θ V`` and
-``J = ∇²_{νθ} V`` (n × d), the IFT gives ``∇_ν D(π_{θ*(ν)}) = −J H^{-1} g_U = J (−H)^{-1} g_U``. Since
-``J = Σ_{s,a} ∇_ν r(s, a) X[(s, a), :]`` for an ``(S·A) × d`` matrix ``X``, the whole term is one VJP of
+Implicit term (eqs. 12–13, §3): the factor ``−∇²_{νθ}V [∇²_θ V]^{-1}`` of eq. (13) does not depend on the
+trajectory, so it can be taken out of the expectation (the paper does not say so). With ``g_U = ∇_θ D``,
+``H = ∇²_θ V`` and ``J = ∇²_{νθ} V`` (n × d), the IFT gives ``∇_ν D(π_{θ*(ν)}) = −J H^{-1} g_U = J (−H)^{-1} g_U``.
+Since ``J = Σ_{s,a} ∇_ν r(s, a) X[(s, a), :]`` for an ``(S·A) × d`` matrix ``X``, the whole term is one VJP of
 ``W = X v`` through ``r_ν`` with ``v = (−H)^{-1} g_U``.
 
 Corrections of the printed estimator:
 
-* Eq. (28) writes ``∇²_θ V = E[(Σ_h γ^h r)(Σ_j ∇²_θ log π)]``; the Hessian of an expectation over a
-  ``θ``-dependent distribution also has the outer-product term ``(Σ_j ∇ log π)(Σ_j ∇ log π)^T`` (digest P1).
+* Eq. (28) (App. §9) writes ``∇²_θ V = E[(Σ_h γ^h r)(Σ_j ∇²_θ log π)]``; the Hessian of an expectation over a
+  ``θ``-dependent distribution also has the outer-product term ``(Σ_j ∇ log π)(Σ_j ∇ log π)^T``.
   :func:`ppa_sampled_terms` uses the full (DiCE) form; ``hessian="paper_eq28"`` drops the outer product.
-* Softmax logits are shift-invariant per state, so ``H`` is singular even with entropy (P6). ``solver="damped"``
-  solves ``(−H + δI) v = g_U``; ``solver="projected"`` solves on the complement of the per-state shift directions
-  (the exact Moore–Penrose solution, since ``g_U`` and the rows of ``J`` are orthogonal to the shifts).
+* Softmax logits are shift-invariant per state, so ``H`` is singular even with entropy (against Assumption 4).
+  ``solver="damped"`` solves ``(−H + δI) v = g_U``; ``solver="projected"`` solves on the complement of the per-state
+  shift directions (the exact Moore–Penrose solution, since ``g_U`` and the rows of ``J`` are orthogonal to the
+  shifts).
 * The estimators use causal (reward-to-go) forms of eqs. (27)–(29): a term at step ``t`` is multiplied only by the
   scores of actions up to ``t``; this is unbiased like the full-trajectory form but has lower variance.
 """
@@ -94,8 +97,9 @@ class PPAEstimatorConfig:
     """Sampling and solver settings of the PPA-BRL implicit-term estimator.
 
     Attributes:
-        num_trajectories: trajectories in each of the independent ``H`` and ``X`` batches (independent batches
-            as recommended in digest §4.3).
+        num_trajectories: trajectories in each of the independent ``H`` and ``X`` batches (independent batches,
+            our choice: the plug-in ``Ĵ Ĥ^{-1} ĝ_U`` is biased anyway, and independence keeps the batches'
+            errors from multiplying).
         utility_trajectories: trajectories of the (short, ``H_u``-step) ``g_U`` batch; default ``num_trajectories``.
         horizon: length ``H_ℓ`` of the lower-level trajectories (truncation bias ``O(γ^{H_ℓ})``).
         damping: ``δ`` of the damped solve.

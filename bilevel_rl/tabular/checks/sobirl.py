@@ -2,13 +2,13 @@
 
 Upper level (SoBiRL eq. 11): ``f(x, π) = E_{d_1..d_I ~ ρ(d; π)}[l(d_1, …, d_I; x)]`` with ``H``-step trajectories
 ``d_i`` sampled by ``π`` from ``ρ``; the lower level is the soft MDP with reward ``r(x)`` and temperature ``τ``. The
-upper- and lower-level dynamics coincide here (the RLHF instance, SoBiRL L107–117).
+upper- and lower-level dynamics coincide here (the RLHF instance of SoBiRL §3.3).
 
-Prop. 5.2 (L193–195): at ``π = π*(x)``
+Prop. 5.2 (§5, eqs. 12–13): at ``π = π*(x)``
 
     ∇φ(x) = E[∇_x l(d; x)] + τ^{-1} E[l(d; x) Σ_{i,h} ∇(Q*_{s_h^i a_h^i} − V*_{s_h^i})(x)],
 
-and Prop. 5.1 writes ``∇Q*``/``∇V*`` as discounted sums of ``∇r`` along on-policy rollouts. Eq. (14) (L201–207)
+and Prop. 5.1 writes ``∇Q*``/``∇V*`` as discounted sums of ``∇r`` along on-policy rollouts. Eq. (14) (§5)
 replaces ``π*`` by any ``π``: its value is the *plug-in* hypergradient ``∇̃φ(x, π)``, equal to ``∇φ`` at ``π*``.
 """
 
@@ -46,7 +46,7 @@ class TrajectoryLoss(Protocol):
 
 @dataclass
 class BradleyTerryLoss:
-    """RLHF loss on trajectory pairs with a fixed labelling function (SoBiRL L117, eq. 101).
+    """RLHF loss on trajectory pairs with a fixed labelling function (SoBiRL §3.3 and eq. 101, App. K).
 
     ``l(d_1, d_2; x) = E_y[l_h] = −p log σ(Δ) − (1 − p) log σ(−Δ)`` with ``Δ = Σ_h r_x(d_1) − Σ_h r_x(d_2)`` and
     label probability ``p = σ((R(d_1) − R(d_2)) / label_temperature)`` from a fixed ground-truth reward ``R``.
@@ -76,8 +76,8 @@ class BradleyTerryLoss:
 class UtilityLoss:
     """``l(d; x) = −Σ_{h<H} u(s_h, a_h)`` on one trajectory: a leader utility that does not depend on ``x``.
 
-    This is the reward-shaping instance (SoBiRL L103–105, L183, with an ``H``-step return instead of ``−Q̄``):
-    ``∇_x l = 0`` and the whole hypergradient is the implicit term.
+    This is the reward-shaping instance (SoBiRL §3.3 and the reward-shaping case of eq. 11 in §5, with an
+    ``H``-step return instead of ``−Q̄``): ``∇_x l = 0`` and the whole hypergradient is the implicit term.
 
     Attributes:
         utility: ``(S, A)`` per-step leader utility ``u``.
@@ -162,7 +162,7 @@ def _direct_term(
 
 @dataclass
 class SoBiRLEstimatorConfig:
-    """Sampling sizes of SoBiRL's ``HyperEstimator`` (Alg. 3, L1599–1621).
+    """Sampling sizes of SoBiRL's ``HyperEstimator`` (Alg. 3, App. I.1).
 
     Attributes:
         num_tuples: ``M``, trajectory tuples per estimate.
@@ -170,7 +170,8 @@ class SoBiRLEstimatorConfig:
         rollout: truncation of the rollouts (``T`` of Alg. 3, or HPGD-style geometric truncation, unbiased).
         leave_one_out_baseline: subtract from ``l(d^m)`` in the score term the mean loss of the *other* tuples.
             Not in the paper (default off = faithful). It stays unbiased because ``E_{a~π}[∇̃Q_{sa}] = ∇̃V_s``
-            makes the score sum mean-zero and the baseline is independent of tuple ``m`` (digest pitfall 2).
+            makes the score sum mean-zero and the baseline is independent of tuple ``m`` (see
+            ``docs/theory/sobirl_estimators.md`` §3).
     """
 
     num_tuples: int = 4096
@@ -193,11 +194,12 @@ def sobirl_estimate(
     ``∇̄φ = (1/M) Σ_m ∇l(d^m; x) + τ^{-1} (1/M) Σ_m l(d^m; x) Σ_{i,h} (∇̄Q^ξ_{s_h^i a_h^i} − ∇̄V^ζ_{s_h^i})`` with
     ``∇̄Q^ξ_{sa} = (1/J) Σ_j Σ_t γ^t ∇r(s_t^j, a_t^j)`` along rollouts from the forced start ``(s, a)`` and ``∇̄V^ζ``
     the same from ``s`` with ``a_0 ~ π`` (generative model). Everything is linear in ``∇r``, so the score part is
-    one VJP of a visit-weight table (the surrogate identity of digest §2.3).
+    one VJP of a visit-weight table (the surrogate identity of ``docs/theory/sobirl_estimators.md`` §1).
 
-    Corrections of the printed text: "``d^m_T``" in Alg. 3 line 1 is ``d^m_I`` (L1606); the last line of the proof
-    of Prop. 5.2 writes ``V*_{s_h^i a_h^i}`` for ``V*_{s_h^i}`` (L633). With ``cfg.rollout.geometric`` the rollouts
-    use HPGD's ``Geo(1 − γ)`` truncation instead of the fixed ``T`` of Alg. 3, which removes the ``O(γ^T)`` bias.
+    Corrections of the printed text: "``d^m_T``" in Alg. 3 line 1 (App. I.1) is ``d^m_I``; the last line of the
+    proof of Prop. 5.2 (App. E) writes ``V*_{s_h^i a_h^i}`` for ``V*_{s_h^i}``. With ``cfg.rollout.geometric`` the
+    rollouts use HPGD's ``Geo(1 − γ)`` truncation instead of the fixed ``T`` of Alg. 3, which removes the ``O(γ^T)``
+    bias.
 
     Args:
         x: leader variable.
@@ -256,7 +258,7 @@ class PracticalSoBiRLConfig:
 
     Attributes:
         num_tuples: ``M``, trajectory tuples per estimate.
-        temperature: ``τ_k`` of the score term (SAC's current ``α`` in the deep version, L1884); ``None`` means
+        temperature: ``τ_k`` of the score term (SAC's current ``α`` in the deep version, App. J.1); ``None`` means
             the MDP's own ``τ`` (the lower level's true temperature).
     """
 
@@ -273,7 +275,7 @@ def sobirl_practical_estimate(
     cfg: PracticalSoBiRLConfig,
     generator: torch.Generator,
 ) -> HypergradientEstimate:
-    """Practical SoBiRL estimator, eq. (99) (L1884), a *biased* depth-1 truncation of eq. (14).
+    """Practical SoBiRL estimator, eq. (99) (App. J.1), a *biased* depth-1 truncation of eq. (14).
 
     ``∇_pφ = (1/M) Σ_m ∇l + τ_k^{-1} (1/M) Σ_m l(d^m) Σ_{i,h} ∇(r(s, a) − E_{a'~π_k(·|s)} r(s, a'))`` evaluated at
     ``(s, a) = (s_h^i, a_h^i)``: it replaces ``∇̃(Q − V)`` by its ``t = 0`` term, dropping ``γ`` and all later

@@ -51,7 +51,7 @@ def enumerate_trajectories(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every ``horizon``-step trajectory from ``ρ`` under ``π``, with its probability (differentiable in ``pi``).
 
-    ``Pr(d) = ρ(s_0) Π_{h<H} π(a_h|s_h) Π_{h<H−1} P(s_{h+1}|s_h, a_h)`` (SoBiRL L115).
+    ``Pr(d) = ρ(s_0) Π_{h<H} π(a_h|s_h) Π_{h<H−1} P(s_{h+1}|s_h, a_h)`` (the trajectory distribution of SoBiRL §3.3).
 
     Returns:
         ``(states (K, H), actions (K, H), prob (K,))`` with ``K = (S·A)^H``.

@@ -1,6 +1,6 @@
 """Finite entropy-regularised (soft) MDPs in torch: exact soft optimum and exact hypergradients.
 
-Notation follows SoBiRL §3 (L67–87): states ``S``, actions ``A``, transitions ``P[s, a, s']``, initial
+Notation follows SoBiRL §3.1: states ``S``, actions ``A``, transitions ``P[s, a, s']``, initial
 distribution ``rho``, discount ``gamma``, temperature ``tau > 0``. For a reward table ``r[s, a]``
 
     Q*(s, a) = r(s, a) + γ Σ_s' P(s'|s, a) V*(s'),   V*(s) = τ log Σ_a exp(Q*(s, a)/τ),
@@ -96,7 +96,7 @@ def soft_value(Q: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def soft_bellman(Q: torch.Tensor, r: torch.Tensor, mdp: SoftMDP) -> torch.Tensor:
-    """The soft Bellman optimality operator ``T(Q) = r + γ P τ logsumexp(Q/τ)`` (SoBiRL L151)."""
+    """The soft Bellman optimality operator ``T(Q) = r + γ P τ logsumexp(Q/τ)`` (SoBiRL §4, the operator used in Algorithm 2)."""
     return r + mdp.gamma * torch.einsum("sat,t->sa", mdp.P, soft_value(Q, mdp.tau))
 
 

@@ -7,8 +7,9 @@ the sampled ``ξ``; we compute that fixed point directly with the core's implici
 (the adjoint of :func:`bilevel_rl.tabular.core.soft_mdp.exact_hypergradient`, via
 :func:`~bilevel_rl.tabular.core.soft_mdp.implicit_policy_vjp`, at the warm-started exact soft optimum of
 :class:`~bilevel_rl.tabular.repro.hpgd.WarmSoftSolver`; full model access, one oracle query per step). The
-extraction typos of Algorithm 9 (``exp(λQ)`` for ``softmax(Q/λ)``, ``λ A^u ∇A`` for ``A^u ∇A / λ``, digest P12) do
-not arise in this form. Update: ``x ← x + α clip(ĝ)`` (ascent on the return = descent on ``F``, digest P1).
+extraction typos of the printed Algorithm 9 (App. F.1.1: ``exp(λQ)`` for ``softmax(Q/λ)``, ``λ A^u ∇A`` for
+``A^u ∇A / λ``) do not arise in this form. Update: ``x ← x + α clip(ĝ)`` (ascent on the return = descent on ``F``,
+``docs/theory/hpgd_four_rooms.md`` §1).
 """
 
 from __future__ import annotations

@@ -1,22 +1,23 @@
 """The Four-Rooms reward-shaping CB-RL problem of the HPGD paper (§5.1, Appendix F.2).
 
-Lower level (HPGD §5.1, L810-819). A 13×13 grid with 104 free cells, four actions (up, right, down, left),
+Lower level (HPGD §5.1). A 13×13 grid with 104 free cells, four actions (up, right, down, left),
 start ``S = (4, 1)`` and two goals ``G1 = (1, 9)``, ``G2 = (11, 11)``; the context ``ξ ~ Uniform{1, 2}``
 selects the goal (HPGD Eq. 4). "With probability 2/3 the agent moves following the chosen direction while
 it takes a random movement with probability 1/3": we read "random movement" as one of the *other three*
 directions, uniformly (1/9 each), so that the chosen direction is taken with probability exactly 2/3 as
-printed. (The authors' simulator gives ≈0.67 too; their dynamic-programming model uses 0.56, HPGD digest
-P13 — we follow the paper.) Moves into walls leave the agent in place. The follower reward is 1 in
-``G_ξ`` after which the episode ends (the goal is absorbing): from ``G_ξ`` every action leads to an extra
-absorbing *sink* state whose soft value is exactly zero (its follower reward is ``-λ log|A|``, which cancels
-the entropy bonus of the uniform policy there, so no reward or entropy is collected after the episode ends).
+printed. (The authors' simulator gives ≈0.67 too; the transition model of their dynamic programming uses 0.56 —
+we follow the paper; ``docs/theory/hpgd_four_rooms.md`` §4.) Moves into walls leave the agent in place. The
+follower reward is 1 in ``G_ξ`` after which the episode ends (the goal is absorbing): from ``G_ξ`` every action
+leads to an extra absorbing *sink* state whose soft value is exactly zero (its follower reward is ``-λ log|A|``,
+which cancels the entropy bonus of the uniform policy there, so no reward or entropy is collected after the episode
+ends).
 Discount ``γ = 0.99``.
 
-Upper level (HPGD §5.1 L821-828, F.2.1 L9672-9681). The leader's decision ``x ∈ R^{d_s+1}`` (``d_s = 104``)
+Upper level (HPGD §5.1 and App. F.2.1). The leader's decision ``x ∈ R^{d_s+1}`` (``d_s = 104``)
 parameterises the additive, action-independent penalty ``r̃_x(s, a) = -0.2 · softmax(x)_s``; the extra
 logit ``x_{d_s+1}`` holds the unused budget and is neither paid to the follower nor charged to the leader.
-The follower receives ``r + r̃_x`` in every cell (the paper does not mask the goal; the authors' code does,
-digest §6.1 — we follow the paper). The leader's reward (Eq. 7 with the §5.1 display) is
+The follower receives ``r + r̃_x`` in every cell (the paper does not mask the goal; the authors' code does —
+we follow the paper). The leader's reward (Eq. 7 with the §5.1 display) is
 
     r̄_{x,ξ}(s_t, a_t) = 1{s_t = s_{+1}} + β · 1{s_t = G_ξ} · Σ_{s,a} r̃_x(s, a)
                        = 1{s_t = s_{+1}} - β · 1{s_t = G_ξ} · ‖r̃_x‖_{1, S×A}.
@@ -70,8 +71,8 @@ class FourRoomsConfig:
 
     Attributes:
         beta: weight ``β`` of the leader's implementation cost (Table 3 uses 1, 3, 5).
-        gamma: discount of both levels (L819; the code uses 0.99 for the leader as well).
-        slip_prob: probability ``1/3`` of a random movement (L816-817), spread uniformly over the other three
+        gamma: discount of both levels (§5.1; the authors' code uses 0.99 for the leader as well).
+        slip_prob: probability ``1/3`` of a random movement (§5.1), spread uniformly over the other three
             directions, so the chosen direction is taken with probability ``2/3``.
         budget: total penalty budget ``0.2`` (F.2.1).
         cost_over_actions: charge ``Σ_{s,a} |r̃_x(s, a)|`` as printed (True, the paper) or ``Σ_s |r̃_x(s)|`` as
@@ -157,7 +158,7 @@ class FourRooms:
 
     # ------------------------------------------------------------------ leader's parameterisation
     def init_x(self, generator: torch.Generator) -> torch.Tensor:
-        """Initial logits ``N(0, 0.01²)`` (the authors' flax default, digest P15)."""
+        """Initial logits ``N(0, 0.01²)`` (the initialiser of the authors' code, a flax default)."""
         return 0.01 * torch.randn(self.x_dim, generator=generator, dtype=DTYPE)
 
     def penalty(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +205,7 @@ class FourRooms:
         return solve_soft(self.follower_reward(x.detach(), xi, lam), self.mdp(xi, lam))
 
     def objective(self, x: torch.Tensor, lam: float) -> float:
-        """The Table 3 metric at ``x``: ``E_ξ V̄^{π*_{x,ξ}}(S)`` (ξ-averaged exact leader value, digest P14)."""
+        """The Table 3 metric at ``x``: ``E_ξ V̄^{π*_{x,ξ}}(S)`` (ξ-averaged exact leader value)."""
         with torch.no_grad():
             vals = [float(self.leader_value(self.best_response(x, xi, lam).pi, x, xi)) for xi in CONTEXTS]
         return sum(vals) / len(vals)

@@ -8,7 +8,7 @@ hyper-objective ``Φ(φ) = G(φ, λ*(φ))`` (eq. 7), where ``J`` is the follower
 upper-level loss (minimised). Two followers are kept for the reward parameter φ:
 
 * ``λ ≈ λ*(φ) = argmax_λ J(φ, λ)``, the RL follower, and
-* ``λ' ≈ λ*_σ(φ) = argmax_λ h_σ(φ, λ)``, ``h_σ = J − σ G`` (L116), the follower that leans towards the upper loss;
+* ``λ' ≈ λ*_σ(φ) = argmax_λ h_σ(φ, λ)``, ``h_σ = J − σ G`` (§3.1), the follower that leans towards the upper loss;
 
 each tracked by ``K`` normalised ascent steps with step ``τ_k = τ_1 / k`` (Alg. 1 l.8–9 / Alg. 3 l.6–7, Thm 1's
 ``τ_k = 7 / (2k√μ)`` with the unknown ``μ`` folded into ``τ_1``), warm-started across outer iterations. The reward
@@ -18,22 +18,25 @@ step is the first-order, Hessian-free two-point difference
 
 with ``∇_φ J(φ, λ) = Σ_i γ^{i−1} E_{π_λ} ∇_φ r_φ(s_i, a_i)`` (eq. 12, Lemma 5).
 
-**Corrections of the printed algorithms** (digest hessian_free_penalty.md §2.1, §6 P1–P5), all configurable only
+**Corrections of the printed algorithms** (``docs/theory/penalty_methods.md`` §2.1–2.4), all configurable only
 where the printed form is needed for reproduction:
 
-* P1 (sign): Alg. 1 l.15 (L151) and Alg. 3 l.9 (L339) print ``d_t = ∇_φ G − (1/σ)(∇_φ J(λ) − ∇_φ J(λ'))``.
+* Sign: Alg. 1 l.15 (§4) and Alg. 3 l.9 (§6) print ``d_t = ∇_φ G − (1/σ)(∇_φ J(λ) − ∇_φ J(λ'))``.
   Danskin's theorem on eq. (10), eq. (11) itself and PBRL's value-penalty gradient (σ = 1/λ_PBRL) give ``+``;
   with exact followers the ``+`` form equals finite differences of eq. (10) (tested). ``sign="printed"``
   reproduces the printed line: on :class:`QuadraticBilevel` its direction ``cφ − A^T(Aφ − a)/(1 + σ)`` has an
   indefinite Jacobian and the iterates diverge; on :class:`TabularRewardShaping` it ascends the true loss and Φ
   climbs away from Φ* (both tested); ``sign="eq11"`` converges on both.
-* P2: Danskin evaluates ``∇_φ G`` at ``λ'`` (``grad_G_at="sigma_follower"``, default); eq. (11) / l.15 use ``λ``
-  (``"star_follower"``). Both are O(σ)-close to ``∇Φ``.
-* P3: Alg. 1 l.8 updates ``λ`` with ``d'_k``; it must use ``d_k = ∇_λ J`` (as Alg. 3 l.6), or both followers chase
-  ``h_σ`` and the penalty difference vanishes.
-* P4: Alg. 1 l.7 uses ``Q`` and ``∇_λ G(φ, λ_t^k)``; the ``λ'`` step needs ``λ'``'s own critic and ``∇_λ G(φ, λ')``.
-* P5: Alg. 3 l.4–7 descend on ``J`` and on ``J + σG``; we ascend ``J`` and ``h_σ = J − σG``.
-* P8: ``τ_k`` is undefined at ``k = 0``; inner steps are indexed from 1.
+* Where ``∇_φ G`` is evaluated: Danskin evaluates it at ``λ'`` (``grad_G_at="sigma_follower"``, default); eq. (11)
+  / l.15 use ``λ`` (``"star_follower"``). Both are O(σ)-close to ``∇Φ``.
+* Follower routing: Alg. 1 l.8 updates ``λ`` with ``d'_k``; it must use ``d_k = ∇_λ J`` (as Alg. 3 l.6), or both
+  followers chase ``h_σ`` and the penalty difference vanishes.
+* Critic and ``∇_λ G`` of ``λ'``: Alg. 1 l.7 uses ``Q`` and ``∇_λ G(φ, λ_t^k)``; the ``λ'`` step needs ``λ'``'s own
+  critic and ``∇_λ G(φ, λ')``.
+* Direction of the inner steps: Alg. 3 l.4–7 descend on ``J`` and on ``J + σG``; we ascend ``J`` and
+  ``h_σ = J − σG``.
+* Step-size index: ``τ_k ∝ 1/k`` is undefined at ``k = 0`` (Alg. 1 l.3 starts at 0); inner steps are indexed
+  from 1.
 
 Deviations: gradients are exact (no Alg. 2 critic, no sampling; ``n, B, H → ∞``), which isolates the sign question
 from the estimation error; the KL term (β) is off.
@@ -75,18 +78,18 @@ class BilevelProblem(Protocol):
         ...
 
 
-_DIGEST_A = (
+_REFERENCE_A = (
     (0.1257302210933933, -0.1321048632913019, 0.6404226504432821),
     (0.10490011715303971, -0.535669373161111, 0.36159505490948474),
     (1.3040000451301372, 0.9470809631292422, -0.7037352358069926),
     (-1.2654214710460525, -0.6232744625373522, 0.0413259793472436),
 )
-_DIGEST_a = (-2.3250307746388343, -0.21879166393254573, -1.2459109472530652, -0.7322673547034516)
+_REFERENCE_a = (-2.3250307746388343, -0.21879166393254573, -1.2459109472530652, -0.7322673547034516)
 
 
 @dataclass
 class QuadraticBilevel:
-    """The quadratic toy of the digest (§7), read as a one-step bilevel RL problem.
+    """The quadratic example of ``docs/theory/penalty_methods.md`` §2.2, read as a one-step bilevel RL problem.
 
     The follower is a Gaussian policy ``a ~ N(λ, I)`` on a single-state bandit with reward
     ``r_φ(a) = −½‖a − Aφ‖²``, so ``J(φ, λ) = E r_φ(a) = −½‖λ − Aφ‖² − d_λ/2``; the upper loss is
@@ -101,13 +104,13 @@ class QuadraticBilevel:
     c: float = 0.1
 
     @classmethod
-    def digest_instance(cls, c: float = 0.1) -> QuadraticBilevel:
+    def reference_instance(cls, c: float = 0.1) -> QuadraticBilevel:
         """The instance of the sign study in ``docs/results/hessian_free_sign.md`` (``d_φ = 3``, ``d_λ = 4``).
 
         ``A`` and ``a`` are the first 12 and next 4 standard normals of ``numpy.random.default_rng(0)``, written
         out so that the instance is data rather than a random stream.
         """
-        return cls(torch.tensor(_DIGEST_A, dtype=DTYPE), torch.tensor(_DIGEST_a, dtype=DTYPE), c)
+        return cls(torch.tensor(_REFERENCE_A, dtype=DTYPE), torch.tensor(_REFERENCE_a, dtype=DTYPE), c)
 
     @classmethod
     def random_instance(
@@ -212,7 +215,9 @@ class TabularRewardShaping:
 
 @dataclass
 class TabularHessianFreeConfig:
-    """Hyperparameters of the two-follower penalty method (defaults: the digest's §7 toy run).
+    """Hyperparameters of the two-follower penalty method (defaults: the quadratic toy run of the sign study).
+
+    The sign study is ``docs/results/hessian_free_sign.md``.
 
     Attributes:
         sigma: penalty constant σ (the proxy's O(σ) bias vs the 1/σ error amplification; Thm 1 takes σ² ~ ε).
@@ -222,7 +227,7 @@ class TabularHessianFreeConfig:
         inner_steps: ``K`` normalised steps per follower per outer iteration (must grow like 1/σ).
         outer_steps: ``T``.
         sign: ``"eq11"`` (corrected) or ``"printed"`` (Alg. 1 l.15 / Alg. 3 l.9).
-        grad_G_at: follower at which ``∇_φ G`` is evaluated (P2).
+        grad_G_at: follower at which ``∇_φ G`` is evaluated (Danskin: ``λ'``; eq. 11: ``λ``).
         log_every: record diagnostics every this many outer iterations.
         blowup: stop once ``‖φ‖`` exceeds this (a diverged run; the last row records it).
     """

@@ -4,7 +4,7 @@ Each outer iteration draws a context ``ξ ~ Uniform{1, 2}``, queries the followe
 exact soft optimum, ``δ ≈ 0`` in Assumption 3.2, as in the authors' code), estimates the hypergradient from
 *trajectories only* (:mod:`bilevel_rl.tabular.checks.hpgd_trajectory`), clips its global norm to 1.0 (F.2.2) and steps.
 
-**Sign convention (digest pitfall P1).** ``F`` of Eq. 4 is a loss and Algorithm 1 descends it,
+**Sign convention** (``docs/theory/hpgd_four_rooms.md`` §1). ``F`` of Eq. 4 is a loss and Algorithm 1 descends it,
 ``x ← x - α dF/dx``. Eq. 8 / Algorithm 5 (and the baselines, Algorithms 9-10, which step with ``+α``) produce the
 gradient of the leader's *return* ``-F``. Every estimator here returns that ascent direction ``ĝ ≈ -dF/dx`` and
 every method steps ``x ← x + α clip(ĝ)``, which is exactly Algorithm 1's descent on ``F``.
@@ -35,7 +35,7 @@ class LeaderConfig:
         iterations: outer iterations (the paper's figures run 10,000).
         lr: constant step size ``α`` (the paper picks the best of {1.0, 0.5, 0.1, 0.05, 0.01} per algorithm).
         clip_norm: global gradient-norm clipping (1.0 in F.2.2).
-        init_scale: std of the initial logits ``x_0 ~ N(0, init_scale²)`` (digest P15).
+        init_scale: std of the initial logits ``x_0 ~ N(0, init_scale²)`` (0.01 in the authors' code).
         metric_fraction: the reported metric averages the last ``metric_fraction`` of the iterations
             (the authors average the last 1,000 of 10,000).
         metric_every: evaluate the metric every ``metric_every`` iterations inside that window.
@@ -59,8 +59,9 @@ class TabularHPGDConfig(LeaderConfig):
 
     Attributes:
         estimator: ``"pooled"`` (Prop. 1 with tabular every-visit Monte Carlo over one on-policy batch, the form
-            behind the paper's Table 3, digest §4.1) or ``"alg5"`` (the mean of independent Algorithm-5 samples,
-            each with two Algorithm-2 restarts; unbiased but, at ``λ = 10⁻³``, far too noisy at this budget).
+            behind the paper's Table 3, ``docs/theory/hpgd_four_rooms.md`` §3.4) or ``"alg5"`` (the mean of
+            independent Algorithm-5 samples, each with two Algorithm-2 restarts; unbiased but, at ``λ = 10⁻³``, far
+            too noisy at this budget).
         steps_per_gradient: environment steps per hypergradient (10,000 in F.2.2).
         num_envs: parallel auto-resetting environments of the pooled batch (``steps_per_gradient / num_envs`` each).
         max_episode_steps: episode cap of the pooled batch (the authors' 200; treated as ``done``).
@@ -125,7 +126,7 @@ class WarmSoftSolver:
             return float(self.env.leader_value(pi, x.detach(), xi))
 
     def objective(self, x: torch.Tensor) -> float:
-        """The Table 3 metric ``E_ξ V̄^{π*_{x,ξ}}(S)`` at ``x`` (ξ-averaged, digest P14)."""
+        """The Table 3 metric ``E_ξ V̄^{π*_{x,ξ}}(S)`` at ``x`` (ξ-averaged, ``docs/theory/hpgd_four_rooms.md`` §4)."""
         return float(np.mean([self.leader_value(self.solve(x, xi), x, xi) for xi in CONTEXTS]))
 
 
@@ -144,8 +145,8 @@ def run_leader(
 ) -> RunResult:
     """The common outer loop ``x_{t+1} = x_t + α clip(ĝ_t)`` with ``ξ_t ~ Uniform{1, 2}`` (Alg. 1, 9, 10).
 
-    The metric (digest §6.1) is the exact ξ-averaged leader value, averaged over the last ``metric_fraction`` of
-    the iterations; it uses its own warm solver so that it never touches the update's randomness.
+    The metric (``docs/theory/hpgd_four_rooms.md`` §4) is the exact ξ-averaged leader value, averaged over the last
+    ``metric_fraction`` of the iterations; it uses its own warm solver so that it never touches the update's randomness.
     """
     start_cpu = time.process_time()
     x = config.init_scale * torch.randn(env.x_dim, generator=generator, dtype=DTYPE)

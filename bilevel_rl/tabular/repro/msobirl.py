@@ -3,20 +3,20 @@
 Problem (SoBiRL eq. 4): ``min_x φ(x) = f(x, π*(x))`` where ``π*(x)`` is the optimal policy of the soft MDP
 ``M_τ(x) = (S, A, P, r(x), γ, τ)``.
 
-Model-based hypergradient estimator (SoBiRL L161–169, L1152)::
+Model-based hypergradient estimator (SoBiRL §4 and Lemma G.11, App. G.5)::
 
     A_k = (I − γ P^{π_k})^T,          b_k = U^T diag(π_k) ∇_π f(x_k, π_k),   U_{sa,s'} = δ_{ss'} − γ P(s'|s, a)
     V_k(s) = τ log Σ_a exp(Q_k(s, a)/τ)                                                          (eq. 9)
     w_k = w_{k−1} − η (A_k^T A_k w_{k−1} − A_k^T b_k)                    (one GD step on ½‖A_k w − b_k‖²)
     ∇̂φ(x_k, π_k, V_k, w_k) = ∇_x f(x_k, π_k) + τ^{-1} ∇r(x_k)^T diag(π_k) ∇_π f(x_k, π_k)
                              − τ^{-1} ∇_x ϕ(x_k, V_k)^T w_k,
-    ∇_x ϕ_s(x, v) = Σ_a ∇r_{sa}(x) softmax_a((r_{sa}(x) + γ P_{sa·} v)/τ)                       (L1116–1128)
+    ∇_x ϕ_s(x, v) = Σ_a ∇r_{sa}(x) softmax_a((r_{sa}(x) + γ P_{sa·} v)/τ)       (proof of Lemma G.10, App. G.5)
 
 Note the weights of ``∇_x ϕ(x_k, V_k)`` are ``softmax((r + γ P V_k)/τ)``, one soft Bellman backup ahead of
-``π_k = softmax(Q_k/τ)`` (digest pitfall 9). With ``V_k = V*`` and ``w_k = w* = A^{-1} b`` the estimator equals
+``π_k = softmax(Q_k/τ)``, not ``π_k`` itself. With ``V_k = V*`` and ``w_k = w* = A^{-1} b`` the estimator equals
 the exact hypergradient, SoBiRL eq. (24).
 
-Algorithm 2 (L709–728), ``k = 1..K``: the ``w`` step, ``x_{k+1} = x_k − β ∇̂φ``, then ``N`` soft Bellman steps
+Algorithm 2 (§4), ``k = 1..K``: the ``w`` step, ``x_{k+1} = x_k − β ∇̂φ``, then ``N`` soft Bellman steps
 ``Q_{k,n} = T_{M_τ(x_{k+1})}(Q_{k,n−1})`` warm-started at ``Q_{k,0} = Q_k``; ``Q_{k+1} = Q_{k,N}``,
 ``π_{k+1} = softmax(Q_{k+1}/τ)``. Since ``V = τ logsumexp(Q/τ)``, ``N`` Q-iterations from ``Q_k`` give exactly
 ``V_{k+1} = ϕ^N(x_{k+1}, V_k)``, i.e. ``N`` warm-started soft value iterations on ``V`` as in the authors' code.
@@ -25,7 +25,7 @@ Two small differences from that code, both following the paper instead: the code
 weights), and it starts from ``V_1 = 0`` rather than ``V_1 = τ log Σ_a exp(Q_1/τ) = τ log |A|`` for ``Q_1 = 0`` (both
 give the uniform ``π_1``). ``MSoBiRLConfig.inner_tol`` reproduces the code's early stop of the inner loop.
 
-J.3 problem (SoBiRL L1914–1921; generator details from the authors' ``SyntheticProblem/RanMDP.py``)::
+J.3 problem (SoBiRL App. J.3; generator details from the authors' ``SyntheticProblem/RanMDP.py``)::
 
     |S| = 10, |A| = 5, n = 100, γ = 0.5, τ = 1,
     f(x, π) = ½‖x‖² + ½‖π‖²,    r_{sa}(x) = c_{sa} xᵀ M x,   c_{sa} = u_{sa} u'_{sa},  u, u' ~ U(0, 1),
@@ -159,7 +159,7 @@ def model_based_hypergradient(
     upper_fn: UpperFn,
     mdp: SoftMDP,
 ) -> torch.Tensor:
-    """``∇̂φ(x, π, V, w)`` of SoBiRL L169 / L1152.
+    """``∇̂φ(x, π, V, w)`` of SoBiRL §4 (Algorithm 2 line 5; restated in Lemma G.11).
 
     ``∇_x f + τ^{-1} ∇r^T diag(π) ∇_π f − τ^{-1} ∇_x ϕ(x, V)^T w`` with ``∇_x ϕ`` weighted by
     ``softmax((r(x) + γ P V)/τ)``. Both ``r``-terms are one vector–Jacobian product through ``r(x)``:
@@ -192,7 +192,7 @@ def model_based_hypergradient(
 
 @dataclass(frozen=True)
 class MSoBiRLConfig:
-    """Every hyperparameter of M-SoBiRL (SoBiRL Algorithm 2) with the J.3 defaults (L1916 and the authors' code).
+    """Every hyperparameter of M-SoBiRL (SoBiRL Algorithm 2) with the J.3 defaults (App. J.3 and the authors' code).
 
     Attributes:
         iterations: outer iterations ``K`` (paper/code: 3000).

@@ -5,8 +5,8 @@ Per outer step: ``ξ ~ P_ξ``, ``z ~ N(0, I_d)``, two oracle queries (``π*_{x_t
     ĝ = [f(x_t + u_t z, π*_{x_t+u_t z,ξ}, ξ) - f(x_t, π*_{x_t,ξ}, ξ)] / u_t · z,     x_{t+1} = x_t + α clip(ĝ),
 
 with ``u_t = C / t`` (``t ≥ 1``) and ``f`` the leader's exact return ``V̄^{π*}(S)`` for the sampled context (the
-authors' Four-Rooms code uses exact values, digest §3 Algorithm 10). ``z`` perturbs the raw logits ``x``. The
-``+α`` step ascends the return, i.e. descends ``F`` (digest P1).
+authors' Four-Rooms code uses exact values). ``z`` perturbs the raw logits ``x``. The ``+α`` step of Algorithm 10
+(App. F.1.2) ascends the return, i.e. descends ``F`` (``docs/theory/hpgd_four_rooms.md`` §1).
 """
 
 from __future__ import annotations
