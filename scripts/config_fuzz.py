@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_config_contract import FUZZ  # noqa: E402
 from tests.helpers import TINY  # noqa: E402
+from tests.test_config_contract import FUZZ  # noqa: E402
 
 
 def run_case(overrides: list[str], timeout: int) -> dict:

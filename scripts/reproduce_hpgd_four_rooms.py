@@ -46,7 +46,7 @@ from bilevel_rl.tabular.repro.zero_order import ZeroOrderConfig, run_zero_order 
 
 METHODS = ("HPGD", "AMD", "Zero-Order")
 ALL_CELLS = [(lam, beta) for lam in (0.001, 0.003, 0.005) for beta in (1.0, 3.0, 5.0)]
-# HPGD paper Table 3 (L852-868): (λ, β) -> method -> (mean, standard error over 10 seeds)
+# HPGD paper Table 3 (§5.1): (λ, β) -> method -> (mean, standard error over 10 seeds)
 PAPER: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
     (0.001, 1.0): {"HPGD": (0.91, 0.088), "AMD": (0.58, 0.000), "Zero-Order": (0.59, 0.059)},
     (0.001, 3.0): {"HPGD": (0.51, 0.006), "AMD": (0.51, 0.000), "Zero-Order": (0.50, 0.005)},
@@ -242,7 +242,7 @@ def write_report(args: argparse.Namespace, runs: list[dict], jobs: list[dict], w
     lines += [
         "## Table 3: ours vs paper",
         "",
-        "Ours: mean ± SE over seeds. Paper: Table 3 (L852-868). `2SE?` is `yes` when"
+        "Ours: mean ± SE over seeds. Paper: Table 3 (HPGD §5.1). `2SE?` is `yes` when"
         " |ours − paper| ≤ 2·sqrt(SE_ours² + SE_paper²) + 0.005 (the paper's own SE is part of the comparison, and"
         " 0.005 allows for its two-decimal rounding; where both SEs are ≈ 0, as for AMD, this is a ±0.005 test).",
         "",
@@ -323,10 +323,10 @@ We follow the paper where paper and code disagree (`--convention paper`, the def
   `solve_soft` (tested).
 - **HPGD estimator.** `pooled` (default) is Prop. 1 / Eq. 8 with tabular every-visit Monte-Carlo estimates of
   `∂_x A` (Theorem 2 sums) and of the leader advantage over one on-policy batch of `--hpgd-steps` steps — the form the
-  authors' Four-Rooms code computes (digest §4.1); it is consistent but biased at finite batch (products of
-  same-batch averages). `alg5` is the literal Algorithm 5 with Algorithm 2 (unbiased; tested against the exact
-  hypergradient), whose variance at λ = 10⁻³ makes it useless at this budget (cosine to the exact hypergradient
-  ≈ 0 at 10⁴ steps, versus 0.8–0.9 for `pooled` under the paper conventions; see the estimator check).
+  authors' Four-Rooms code computes (`docs/theory/hpgd_four_rooms.md` §3.4); it is consistent but biased at finite
+  batch (products of same-batch averages). `alg5` is the literal Algorithm 5 with Algorithm 2 (unbiased; tested
+  against the exact hypergradient), whose variance at λ = 10⁻³ makes it useless at this budget (cosine to the exact
+  hypergradient ≈ 0 at 10⁴ steps, versus 0.8–0.9 for `pooled` under the paper conventions; see the estimator check).
 - **AMD.** Algorithm 9 at its fixed point: the exact hypergradient by implicit differentiation (full model access)
   instead of 100 warm-started forward-mode sweeps.
 - **Zero-Order.** Algorithm 10 with exact function values, u_t = C/t, z ~ N(0, I) on the raw logits.

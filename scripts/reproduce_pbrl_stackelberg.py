@@ -210,8 +210,8 @@ def fmt(m: float, s: float, digits: int = 3) -> str:
 DEVIATIONS = [
     "γ, τ, ρ, the initial policies, the inner PG step and the length of the x-axis are not given in the paper;"
     " the values above are our choices (γ = 0.5 keeps the H = 5 truncation bias of the MC returns at γ^5 ≈ 3%).",
-    "Both players carry the entropy regulariser τh (PBRL L114); τ > 0 is required by the Bellman penalty and by"
-    " Assumption 2. The follower MDP of Lemma 18 uses r_f, not the printed r_l (L124/L676/L704 typo).",
+    "Both players carry the entropy regulariser τh (PBRL §2.2); τ > 0 is required by the Bellman penalty and by"
+    " Assumption 2. The follower MDP of Lemma 18 uses r_f, not the r_l printed in §2.2 and App. B.1 (a typo).",
     "REINFORCE with reward-to-go, no baseline (the paper does not name its estimator). The value-penalty x-gradient"
     " uses Lemma 7(b) (Q̄_f-weighted leader scores along (π_x,π_y) and (π_x,π̂) rollouts); the Bellman one uses"
     " Lemma 9(b) with mixed rollouts (a_f,0 ~ π_y, then π̂) and its y-gradient the score form of C.27 at s_0 ~ ρ.",
@@ -266,8 +266,8 @@ def claims(df: pd.DataFrame, summary: pd.DataFrame, lam_rows: list[dict], gamma:
         if pairs and abs(gamma - 0.5) < 1e-12:
             out.append(
                 f"λ table, game {game}: with the entropy regulariser p_V = τ/(1−γ)·E_(d^π_y) KL(π_y‖π*) and"
-                " p_B = τ·E_ρ KL(π_y‖π*) (digest §1.5), so the Bellman penalty at λ/(1−γ) = 2λ should act like the"
-                " value penalty at λ. p_V (value, λ) vs p_V (Bellman, 2λ): "
+                " p_B = τ·E_ρ KL(π_y‖π*) (docs/theory/penalty_methods.md §1.8), so the Bellman penalty at"
+                " λ/(1−γ) = 2λ should act like the value penalty at λ. p_V (value, λ) vs p_V (Bellman, 2λ): "
                 + ", ".join(f"λ={lam:g}: {a:.2e} vs {b:.2e}" for lam, a, b in pairs)
                 + "."
             )

@@ -263,7 +263,7 @@ def hpgd_problem(seed=0, cost=0.05, sticky=False):
 
 @pytest.mark.parametrize(("cost", "sticky"), [(0.0, False), (0.05, False), (0.0, True)])
 def test_hpgd_prop1_closed_form_is_the_exact_gradient_of_the_leader_loss(cost, sticky):
-    # Prop. 1 (eq. 8) with the sign fixed (P1): it is ∇F for the loss F = −ρ·V̄, not ∇(−F)
+    # Prop. 1 (eq. 8) with the sign fixed (docs/theory/hpgd_four_rooms.md §1): it is ∇F for the loss F = −ρ·V̄, not ∇(−F)
     mdp, reward_fn, leader_reward_fn, x, upper_fn = hpgd_problem(seed=2, cost=cost, sticky=sticky)
     hg, sol = exact_hypergradient(x, reward_fn, upper_fn, mdp)
     closed = hpgd_decomposable_exact(x, reward_fn, leader_reward_fn, sol.pi, mdp)
@@ -322,7 +322,8 @@ def test_hpgd_algorithm1_general_objective_matches_exact_gradient():
 
 @pytest.mark.parametrize(("cost", "sticky", "episodes"), [(0.0, True, 150_000), (0.05, False, 50_000)])
 def test_hpgd_critic_vjp_estimator_matches_exact_gradient(cost, sticky, episodes):
-    # §5.3 form with the exact leader advantage; episodes of L = 30 (bias ~ L γ^L <= 7e-4).
+    # critic/VJP form (docs/theory/hpgd_four_rooms.md §3.5) with the exact leader advantage; episodes of L = 30
+    # (bias ~ L γ^L <= 7e-4).
     # measured (cosine, relative error): sticky, cost 0, 150k episodes: (0.99999, 0.008); Dirichlet, cost 0.05, 50k:
     # (0.99999, 0.005)
     mdp, reward_fn, leader_reward_fn, x, upper_fn = hpgd_problem(seed=2, cost=cost, sticky=sticky)

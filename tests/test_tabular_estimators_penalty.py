@@ -70,7 +70,7 @@ def test_pbrl_closed_form_is_the_penalty_gradient(kind):
 
 
 def test_pbrl_bellman_penalty_is_the_state_weighted_kl():
-    # digest §1.5: with negative-entropy h, p_B = τ E_{s~ρ} KL(π_y(·|s) || π*(·|s))
+    # docs/theory/penalty_methods.md §1.8: with negative-entropy h, p_B = τ E_{s~ρ} KL(π_y(·|s) || π*(·|s))
     mdp, reward_fn, x, pi_y = pbrl_problem()
     pi_star = solve_soft(reward_fn(x), mdp).pi
     kl = (pi_y * (pi_y.log() - pi_star.log())).sum(1)
@@ -105,7 +105,7 @@ def truncated_occupancy(pi, mdp, horizon):
 
 
 def test_pbrl_fixed_horizon_estimator_and_its_truncation_bias():
-    # PBRL's experiments truncate the MC sums at H = 5 (L1478). The H-step estimator is unbiased for the truncated
+    # PBRL's experiments truncate the MC sums at H = 5 (App. E.1). The H-step estimator is unbiased for the truncated
     # closed form Σ (d_H^{π̂} − d_H^{π_y}) ∇r; B = 30k rollouts. measured (cosine, relative error): H = 5 sample mean
     # vs the truncated form (0.9999, 0.024); truncation bias (truncated vs full closed form, γ = 0.6) (0.9998, 0.074)
     # at H = 5 and 2.7e-6 at H = 25; H = 25 sample mean vs the full closed form (0.9999, 0.020).

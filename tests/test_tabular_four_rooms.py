@@ -246,7 +246,8 @@ def test_amd_gradient_is_the_core_exact_hypergradient_and_ascends(env):
             env.mdp(xi, lam),
         )
         torch.testing.assert_close(g, ref, atol=1e-10, rtol=1e-8)
-        # sign convention (digest P1): a small step along +ĝ raises the leader's return (descends F)
+        # sign convention (docs/theory/hpgd_four_rooms.md §1): a small step along +ĝ raises the leader's return
+        # (descends F)
         f0 = solver.leader_value(solver.solve(x, xi), x, xi)
         x1 = x + 1e-3 * clip_global_norm(g, 1.0)
         assert solver.leader_value(solver.solve(x1, xi), x1, xi) > f0

@@ -55,7 +55,7 @@ def test_eq11_is_the_gradient_of_the_proxy_and_the_printed_sign_is_not(sigma):
     phi = torch.randn(5, 3, generator=g, dtype=DTYPE)
     lam, lam_sigma = prob.exact_followers(phi, sigma)
     fd = _fd(lambda z: prob.proxy_objective(z, sigma), phi)
-    for at in ("sigma_follower", "star_follower"):  # ∇_φG = cφ here, so P2 does not matter on this problem
+    for at in ("sigma_follower", "star_follower"):  # ∇_φG = cφ here, so where ∇_φG is evaluated does not matter here
         eq11 = reward_direction(prob, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma, grad_G_at=at))
         printed = reward_direction(prob, phi, lam, lam_sigma, TabularHessianFreeConfig(sigma=sigma, sign="printed"))
         assert _rel(eq11, fd) < 1e-5
@@ -78,8 +78,8 @@ def test_quadratic_directions_have_the_closed_forms():
 
 
 def test_printed_sign_diverges_and_eq11_converges_on_the_quadratic_toy():
-    """Digest §7 settings (σ = 0.05, K = 200, η = 0.02, τ_1 = 2), 60 outer steps: eq. (11) cuts ‖∇Φ‖ by 2× while the
-    printed sign blows ‖∇Φ‖ and ‖φ‖ up, monotonically."""
+    """Settings of the sign study (σ = 0.05, K = 200, η = 0.02, τ_1 = 2), 60 outer steps: eq. (11) cuts ‖∇Φ‖ by 2×
+    while the printed sign blows ‖∇Φ‖ and ‖φ‖ up, monotonically."""
     q = QuadraticBilevel.reference_instance()
     good = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20))
     bad = run_hessian_free(q, TabularHessianFreeConfig(outer_steps=60, log_every=20, sign="printed"))

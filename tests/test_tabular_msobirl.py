@@ -152,7 +152,7 @@ def test_certified_lower_level_bound_holds(j3):
 
 
 def test_momentum_correction_uses_new_samples_at_previous_iterate(j3):
-    """Two Alg. 4 steps by hand: h_2 = ∇̄φ(S_2; x_2) + (1 − μ_2)(h_1 − ∇̄φ(S_2; x_1)) (digest pitfall 8)."""
+    """Two Alg. 4 steps by hand: h_2 = ∇̄φ(S_2; x_2) + (1 − μ_2)(h_1 − ∇̄φ(S_2; x_1)) (SoBiRL eq. 81)."""
     obj = j3_trajectory_objective(j3)
     cfg = TabularStocSoBiRLConfig(iterations=2, num_tuples=200, rollout_length=8, seed=7, log_exact=False)
     log = run_stoc_sobirl(j3.x0, j3.reward, j3.upper, obj, j3.mdp, cfg)

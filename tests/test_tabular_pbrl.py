@@ -88,7 +88,7 @@ def test_follower_mdp_reproduces_follower_value(S, A_l, A_f, gamma, tau):
     assert value(game, sm(x), pi_star, "follower") >= value(game, sm(x), sm(y), "follower")
 
 
-# ---------------------------------------------------------------- closed-form gradients (digest §1.6)
+# ---------------------------------------------------------------- closed-form gradients (PBRL §4.1–4.2)
 
 
 @pytest.mark.parametrize(("S", "A_l", "A_f", "gamma", "tau"), CASES)
@@ -113,7 +113,7 @@ def test_bellman_penalty_gradients_equal_closed_form(S, A_l, A_f, gamma, tau):
 
 @pytest.mark.parametrize(("S", "A_l", "A_f", "gamma", "tau"), CASES)
 def test_penalty_values_and_entropy_identity(S, A_l, A_f, gamma, tau):
-    """p ≥ 0, p = 0 at π*, and p_B = τ E_ρ KL(π_y ‖ π*) (digest §1.5, entropy case)."""
+    """p ≥ 0, p = 0 at π*, and p_B = τ E_ρ KL(π_y ‖ π*) (entropy case, docs/theory/penalty_methods.md §1.8)."""
     game, x, y = _setup(S, A_l, A_f, gamma, tau, 3)
     pi_y, pi_star = sm(y), best_response(game, sm(x)).pi
     assert value_penalty(game, sm(x), pi_y) > 0 and bellman_penalty(game, sm(x), pi_y) > 0

@@ -14,7 +14,7 @@ Since ``J = Σ_{s,a} ∇_ν r(s, a) X[(s, a), :]`` for an ``(S·A) × d`` matrix
 
 Corrections of the printed estimator:
 
-* Eq. (28) (App. §9) writes ``∇²_θ V = E[(Σ_h γ^h r)(Σ_j ∇²_θ log π)]``; the Hessian of an expectation over a
+* Eq. (28) (appendix Section 9) writes ``∇²_θ V = E[(Σ_h γ^h r)(Σ_j ∇²_θ log π)]``; the Hessian of an expectation over a
   ``θ``-dependent distribution also has the outer-product term ``(Σ_j ∇ log π)(Σ_j ∇ log π)^T``.
   :func:`ppa_sampled_terms` uses the full (DiCE) form; ``hessian="paper_eq28"`` drops the outer product.
 * Softmax logits are shift-invariant per state, so ``H`` is singular even with entropy (against Assumption 4).

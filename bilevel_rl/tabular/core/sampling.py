@@ -64,7 +64,7 @@ def sample_states(dist: torch.Tensor, n: int, generator: torch.Generator) -> tor
 
 
 def sample_geometric(n: int, success_prob: float, generator: torch.Generator) -> torch.Tensor:
-    """``n`` draws of ``Geo(p)`` on ``{0, 1, 2, ...}`` with ``Pr(T >= k) = (1 - p)^k`` (HPGD convention, §3.0)."""
+    """``n`` draws of ``Geo(p)`` on ``{0, 1, 2, ...}`` with ``Pr(T >= k) = (1 - p)^k`` (HPGD App. D convention)."""
     if not 0.0 < success_prob <= 1.0:
         raise ValueError(f"success_prob must be in (0, 1], got {success_prob}")
     if success_prob == 1.0:

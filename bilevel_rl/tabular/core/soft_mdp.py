@@ -96,7 +96,7 @@ def soft_value(Q: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def soft_bellman(Q: torch.Tensor, r: torch.Tensor, mdp: SoftMDP) -> torch.Tensor:
-    """The soft Bellman optimality operator ``T(Q) = r + γ P τ logsumexp(Q/τ)`` (SoBiRL §4, the operator used in Algorithm 2)."""
+    """The soft Bellman optimality operator ``T(Q) = r + γ P τ logsumexp(Q/τ)`` (SoBiRL §4, used by Algorithm 2)."""
     return r + mdp.gamma * torch.einsum("sat,t->sa", mdp.P, soft_value(Q, mdp.tau))
 
 

@@ -11,9 +11,9 @@ with either penalty:
   ``g = E_{s~ρ}[⟨π_y(s), q_s(x)⟩ + τ h_s(π_y(s))]``, ``q_s(x) = −Q*_x(s, ·)``, ``v(x) = min_y g(x, y)``. With the
   negative-entropy ``h`` this is ``τ E_{s~ρ} KL(π_y(s) ‖ π*_y(x)(s))``.
 
-Algorithm 1 (L343–351, update (4.4) L336) takes, at every outer step ``k``, an approximate best response ``π̂_k``
-from an inner oracle (§2.2 of the digest: App. C.7 eqs. C.32–C.33 PMD, or ``T`` policy-gradient steps as in the
-experiments, warm-started) and the step
+Algorithm 1 (§4.3, update (4.4)) takes, at every outer step ``k``, an approximate best response ``π̂_k`` from an
+inner oracle (App. C.7: policy mirror descent, eq. C.32, or ``T`` policy-gradient steps, eq. C.33, as in the
+experiments of App. E.1; warm-started across outer steps, which the paper leaves open) and the step
 
     (x, y) ← (x, y) − α (∇f + λ ∇̂p),
 
@@ -27,11 +27,12 @@ where ``∇̂p`` is the closed form with ``π*_y(x) → π̂`` (C.29 for the val
 
 Two estimators are provided: ``"exact"`` evaluates these expectations with occupancy measures (linear solves), and
 ``"mc"`` uses REINFORCE over ``B`` trajectories of length ``H`` from ``s_0 ~ ρ`` (App. E.1: ``H = 5, B = 16``). The
-independent policy-gradient baseline (L546) is ``method="independent"``.
+independent policy-gradient baseline (§6.1) is ``method="independent"``.
 
-**Printed-algorithm corrections** (digest §6 item 1): the "penalty constant γ" of Alg. 1 (L345) is λ; the update
-at L350 lost its minus sign and is implemented as (4.4), i.e. descent on ``F_λ``; the Stackelberg follower reward is
-``r_f`` (not ``r_l``, L124/L676/L704; see :mod:`bilevel_rl.tabular.repro.stackelberg`); the Lemma 7(b) expectation
+**Printed-algorithm corrections** (``docs/theory/penalty_methods.md`` §1.2): the "penalty constant γ" of Alg. 1
+line 1 is λ; the update of line 6 lost its minus sign and is implemented as (4.4), i.e. descent on ``F_λ``; the
+Stackelberg follower reward is ``r_f`` (not the printed ``r_l`` of §2.2 and Lemma 18, App. B.1; see
+:mod:`bilevel_rl.tabular.repro.stackelberg`); the Lemma 7(b) expectation
 conditions on ``s_0 ~ ρ`` (not ``s_0 = s``).
 """
 

@@ -3,7 +3,7 @@
 A leader with softmax policy ``π_x(a_l|s) ∝ exp(x[s, a_l])`` and a follower with ``π_y(a_f|s) ∝ exp(y[s, a_f])``
 act simultaneously in a finite Markov game with transitions ``P[s, a_l, a_f, s']`` and rewards ``r_l, r_f``. Each
 player ``⋆ ∈ {l, f}`` is charged its own regulariser ``τ h_⋆``; here ``h_s(p) = Σ_a p_a log p_a`` (negative
-entropy), so for either player (PBRL L114–118)
+entropy), so for either player (PBRL §2.2)
 
     V_⋆(s) = E[Σ_t γ^t (r_⋆(s_t, a_l,t, a_f,t) − τ h(π_⋆(s_t)))],   Q_⋆(s, a_l, a_f) = r_⋆ + γ E_{s'} V_⋆(s').
 
@@ -12,8 +12,9 @@ response. By Lemma 18 the follower faces the parametric MDP ``M_τ(x)`` with
 
     r_x(s, a_f) = E_{a_l ~ π_x(s)} r_f(s, a_l, a_f),    P_x(s'|s, a_f) = E_{a_l ~ π_x(s)} P(s'|s, a_l, a_f).
 
-**Paper typo handled:** L124, L676 and L704 print ``r_l`` in ``r_x``; the proof (L685–702) and the meaning of the
-game need ``r_f`` (the follower maximises its own reward), which is what :func:`follower_mdp` uses.
+**Paper typo handled:** §2.2 (after eq. 2.4), the statement of Lemma 18 and the last line of its proof (App. B.1)
+print ``r_l`` in ``r_x``; the proof's expansion of ``V_f`` (eq. B.2) and the meaning of the game need ``r_f`` (the
+follower maximises its own reward), which is what :func:`follower_mdp` uses.
 
 The core's :func:`~bilevel_rl.tabular.core.soft_mdp.exact_hypergradient` assumes ``x``-independent dynamics, but here
 ``P_x`` depends on the leader, so :func:`hypergradient` re-derives the adjoint of the soft Bellman fixed point with an
@@ -52,7 +53,7 @@ class StackelbergGame:
         P: ``(S, A_l, A_f, S)`` transition probabilities.
         r_l: ``(S, A_l, A_f)`` leader reward.
         r_f: ``(S, A_l, A_f)`` follower reward.
-        rho: ``(S,)`` initial distribution (full support, PBRL L104).
+        rho: ``(S,)`` initial distribution (full support, PBRL §2.1).
         gamma: discount in ``[0, 1)``.
         tau: regularisation weight ``τ > 0`` of both players' negative-entropy regularisers.
     """
@@ -102,7 +103,7 @@ def random_stackelberg_game(
     generator: torch.Generator,
     sparsity_threshold: float = 0.7,
 ) -> StackelbergGame:
-    """The random game of PBRL §6.1 (L544).
+    """The random game of PBRL §6.1.
 
     ``U[0, 1]`` rewards with entries ``< 0.7`` set to 0, ``U[0, 1]`` transition entries normalised to distributions,
     uniform ``ρ`` (ρ is unspecified in the paper; it must have full support).
@@ -131,7 +132,7 @@ def joint_transition(game: StackelbergGame, pi_x: torch.Tensor, pi_y: torch.Tens
 def evaluate(
     game: StackelbergGame, pi_x: torch.Tensor, pi_y: torch.Tensor, player: Player
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ``(Q_⋆ (S, A_l, A_f), V_⋆ (S,))`` of player ``⋆`` under the joint policy (PBRL L114–118).
+    """Exact ``(Q_⋆ (S, A_l, A_f), V_⋆ (S,))`` of player ``⋆`` under the joint policy (PBRL §2.2).
 
     ``V_⋆ = (I − γ P^π)^{-1} [Σ π_x π_y r_⋆ − τ h(π_⋆)]`` and ``Q_⋆ = r_⋆ + γ P V_⋆`` (the regulariser is not charged
     at the current step, eq. 2.2). Differentiable in both policies.
@@ -163,7 +164,8 @@ def follower_mdp(game: StackelbergGame, pi_x: torch.Tensor) -> tuple[SoftMDP, to
     """The follower's MDP ``M_τ(x)`` of Lemma 18: ``(SoftMDP(P_x, ρ, γ, τ), r_x)`` (with ``r_f``, see module doc).
 
     ``V_f^{π_x, π_y}(s) = V^{π_y}_{M_τ(x)}(s)`` for every ``π_y``, and the core's soft conventions (SoBiRL eq. 3)
-    coincide with PBRL's (L89–95), so :func:`~bilevel_rl.tabular.core.soft_mdp.solve_soft` gives ``π*_y(x)``.
+    coincide with PBRL's (§2.1, eqs. 2.1–2.2), so :func:`~bilevel_rl.tabular.core.soft_mdp.solve_soft` gives
+    ``π*_y(x)``.
     """
     P_x = torch.einsum("sl,slft->sft", pi_x, game.P)
     r_x = torch.einsum("sl,slf->sf", pi_x, game.r_f)
