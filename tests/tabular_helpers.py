@@ -37,3 +37,25 @@ def problem(S, A, gamma, tau, seed, n=3, sticky=False):
         return torch.tanh(feats @ z)
 
     return mdp, reward_fn, x, g
+
+
+def run_trainer(config, follower, reward_model, rule, objective, run_dir):
+    """Run the deep ``Trainer`` unchanged on a (tabular) follower: no checkpoints, no progress bar; return it."""
+    from bilevel_rl.logging import MetricLogger
+    from bilevel_rl.trainer import CheckpointConfig, Trainer
+
+    trainer = Trainer(
+        config,
+        CheckpointConfig(every=0),
+        follower,
+        reward_model,
+        rule,
+        objective,
+        MetricLogger(run_dir),
+        run_dir,
+        seed=0,
+        progress=False,
+    )
+    trainer.run()
+    trainer.logger.close()
+    return trainer

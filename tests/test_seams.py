@@ -107,10 +107,10 @@ class _Recorder(UpperRule):
 def test_the_trainer_hands_the_rule_one_leader_step_per_iteration_with_the_objectives_data(tmp_path):
     """learn → gather → leader(LeaderStep) → diagnose → evaluate → log → checkpoint, with the objective's data."""
     from bilevel_rl.data.teachers import OracleTeacher
-    from bilevel_rl.logging import MetricLogger
     from bilevel_rl.objectives.preferences import PreferenceObjective, PreferenceObjectiveConfig
     from bilevel_rl.tabular.lab.rule_lab import make_rule_lab
-    from bilevel_rl.trainer import CheckpointConfig, Trainer, TrainerConfig
+    from bilevel_rl.trainer import TrainerConfig
+    from tests.tabular_helpers import run_trainer
 
     lab = make_rule_lab(seed=0, episode_length=10, n_envs=2)
     objective = PreferenceObjective(
@@ -121,20 +121,7 @@ def test_the_trainer_hands_the_rule_one_leader_step_per_iteration_with_the_objec
     )
     rule = _Recorder()
     config = TrainerConfig(total_steps=60, steps_per_iter=20, initial_steps=20, eval_episodes=1)
-    trainer = Trainer(
-        config,
-        CheckpointConfig(every=0),
-        lab.follower,
-        lab.reward_model,
-        rule,
-        objective,
-        MetricLogger(tmp_path),
-        tmp_path,
-        seed=0,
-        progress=False,
-    )
-    trainer.run()
-    trainer.logger.close()
+    trainer = run_trainer(config, lab.follower, lab.reward_model, rule, objective, tmp_path)
     assert [s.iteration for s in rule.steps] == [0, 1, 2]
     assert [s.epochs for s in rule.steps] == [2, 1, 1]
     assert all(s.data is objective.data and s.batch is not None for s in rule.steps)

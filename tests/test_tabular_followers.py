@@ -7,7 +7,6 @@ import torch
 
 from bilevel_rl.capabilities import Capability
 from bilevel_rl.data.teachers import OracleTeacher
-from bilevel_rl.logging import MetricLogger
 from bilevel_rl.objectives.preferences import PreferenceObjective, PreferenceObjectiveConfig
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, random_mdp, solve_soft
 from bilevel_rl.tabular.lab.followers import (
@@ -18,8 +17,9 @@ from bilevel_rl.tabular.lab.followers import (
     TabularEnvConfig,
 )
 from bilevel_rl.tabular.lab.reward_model import TabularRewardModel
-from bilevel_rl.trainer import CheckpointConfig, Trainer, TrainerConfig
+from bilevel_rl.trainer import TrainerConfig
 from bilevel_rl.upper.base import make_rule
+from tests.tabular_helpers import run_trainer
 
 
 def _problem(seed=0, S=6, A=3):
@@ -98,20 +98,7 @@ def test_deep_trainer_and_drlhf_run_unchanged_on_a_tabular_problem(tmp_path):
         ),
         OracleTeacher(),
     )
-    trainer = Trainer(
-        cfg,
-        CheckpointConfig(every=0),
-        follower,
-        rm,
-        rule,
-        objective,
-        MetricLogger(tmp_path),
-        tmp_path,
-        seed=0,
-        progress=False,
-    )
-    trainer.run()
-    trainer.logger.close()
+    run_trainer(cfg, follower, rm, rule, objective, tmp_path)
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert df["reward_model/true_reward_corr"].iloc[-1] > 0.9
     assert df["eval/true_return"].iloc[-1] > df["eval/true_return"].iloc[0] + 0.5

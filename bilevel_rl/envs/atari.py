@@ -253,6 +253,11 @@ def evaluate_atari(
             done = bool(dones[0])
         returns.append(total)
         lengths.append(steps)
+    return episode_metrics(returns, lengths)
+
+
+def episode_metrics(returns: list[float], lengths: list[int]) -> dict[str, float]:
+    """``eval/true_return`` (mean), ``eval/true_return_std`` and ``eval/episode_length`` of evaluation episodes."""
     return {
         "eval/true_return": float(np.mean(returns)),
         "eval/true_return_std": float(np.std(returns)),

@@ -14,7 +14,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from bilevel_rl.envs.atari import AtariConfig, make_atari_eval_env
+from bilevel_rl.envs.atari import AtariConfig, episode_metrics, make_atari_eval_env
 from bilevel_rl.envs.make import make_eval_env
 from bilevel_rl.followers.base import TransitionRecorder
 
@@ -91,11 +91,7 @@ def evaluate_episodes(predict: Predict, env: gym.Env, episodes: int, seed: int) 
             done = terminated or truncated
         returns.append(ret)
         lengths.append(length)
-    return {
-        "eval/true_return": float(np.mean(returns)),
-        "eval/true_return_std": float(np.std(returns)),
-        "eval/episode_length": float(np.mean(lengths)),
-    }
+    return episode_metrics(returns, lengths)
 
 
 def record_episode(
