@@ -185,6 +185,7 @@ def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 def build_sections(cfg: DictConfig) -> Sections:
     """Every section of ``cfg`` as its dataclass (range checks included)."""
     from bilevel_rl.envs.atari import AtariConfig
+    from bilevel_rl.envs.visible_reward import VisibleRewardConfig
     from bilevel_rl.upper.base import make_rule_config
 
     known = {f.name for f in fields(RunConfig)} | {"hydra"}
@@ -197,6 +198,10 @@ def build_sections(cfg: DictConfig) -> Sections:
         values = dict(_plain(cfg[name]) or {})
         if name == "env" and values.get("atari") is not None:
             values["atari"] = build(AtariConfig, values["atari"], "env.atari")
+        if name == "env":
+            values["visible_reward"] = build(
+                VisibleRewardConfig, values.get("visible_reward") or {}, "env.visible_reward"
+            )
         out[name] = build(cls, values, name)
     for group, options in OPTION_SCHEMAS.items():
         values = dict(_plain(cfg[group]) or {})
@@ -220,6 +225,8 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
     Raises:
         ConfigError: with a one-line message naming the offending key.
     """
+    from bilevel_rl.envs.atari import is_atari
+
     if require_exp and not cfg.get("exp_name"):
         raise ConfigError(
             f"exp: no experiment preset chosen; pass exp=<name> (available: {', '.join(group_options('exp'))})"
@@ -237,6 +244,8 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         raise ConfigError(f"env.id: {s.env.id} has a {type(obs_space).__name__} observation space; a Box is required")
     _check_action_space(s, act_space)
     _check_reward_model(s, obs_space)
+    if s.env.visible_reward.kind != "dense" and (s.env.atari is not None or is_atari(s.env.id)):
+        raise ConfigError("env.visible_reward.kind: delayed and sparse rewards are for vector envs, not Atari")
     limit = spec.max_episode_steps if spec is not None else None
     if limit is not None and s.buffer.segment_length > limit:
         raise ConfigError(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from hydra.core.config_store import ConfigStore
 
 from bilevel_rl.envs.atari import AtariConfig
+from bilevel_rl.envs.visible_reward import VisibleRewardConfig
 from bilevel_rl.objectives.preferences import PreferenceObjectiveConfig
 from bilevel_rl.schema import check_dataclass, check_range, structured
 from bilevel_rl.trainer import CheckpointConfig, TrainerConfig
@@ -30,12 +31,15 @@ class EnvConfig:
         n_envs: parallel environments.
         kwargs: extra ``gym.make`` keyword arguments.
         atari: ALE pre-processing (``null`` for non-Atari ids; an ALE id without it gets the defaults).
+        visible_reward: the env reward a follower trains on when it trains on the env's reward (``dense``, or
+            ``delayed`` / ``sparse`` as in LIRPG's delayed-reward MuJoCo; :mod:`bilevel_rl.envs.visible_reward`).
     """
 
     id: str = "Hopper-v5"
     n_envs: int = 1
     kwargs: dict[str, Any] = field(default_factory=dict)
     atari: AtariConfig | None = None
+    visible_reward: VisibleRewardConfig = field(default_factory=VisibleRewardConfig)
 
     def __post_init__(self) -> None:
         check_dataclass(self, "env")

@@ -114,6 +114,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Train
         eval_deterministic=f.eval_deterministic,
         reward_clip=f.reward_clip,
         learning_starts=t.initial_steps if f.freeze_initial else 0,
+        visible_reward=s.env.visible_reward,
     )
     reward_model = build_reward_model(s, facts).to(str(cfg.device))
     rule_cls, _ = rule_classes(s.upper.name)

@@ -19,6 +19,8 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from typing_extensions import override
 
+from bilevel_rl.envs.visible_reward import VisibleRewardConfig, wrap_visible
+
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -126,14 +128,34 @@ class TrueRewardInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def make_train_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
-    """Vectorised training env: ``env → Monitor (true episode returns) → TrueRewardInfo``, SB3-seeded.
+def _train_wrappers(env: gym.Env, visible: VisibleRewardConfig | None = None) -> gym.Env:
+    return wrap_visible(TrueRewardInfo(env), visible)
+
+
+def make_train_env(
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+    visible: VisibleRewardConfig | None = None,
+) -> VecEnv:
+    """Vectorised training env: ``env → Monitor → TrueRewardInfo → visible reward``, SB3-seeded.
+
+    The Monitor's episode returns and ``info["true_reward"]`` are the dense reward; the reward returned by ``step``
+    is what ``visible`` says (dense, delayed or sparse: :mod:`bilevel_rl.envs.visible_reward`).
 
     ``env_id`` may be ``module:EnvId``: it is passed to ``gym.make`` as is, which imports the module (in
     any worker process too) before making the env.
     """
     check_env_id(env_id)
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {}, wrapper_class=TrueRewardInfo)
+    return make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=env_kwargs or {},
+        wrapper_class=_train_wrappers,
+        wrapper_kwargs={"visible": visible},
+    )
 
 
 def make_eval_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render: bool = False) -> gym.Env:

@@ -41,6 +41,7 @@ from bilevel_rl.envs.atari import (
 )
 from bilevel_rl.envs.make import make_eval_env, make_train_env
 from bilevel_rl.envs.state import get_env_state, set_env_state
+from bilevel_rl.envs.visible_reward import VisibleRewardConfig
 from bilevel_rl.followers.atari_policies import resolve_policy_kwargs
 from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, TransitionRecorder
 from bilevel_rl.followers.sb3_parts import (
@@ -89,6 +90,8 @@ class SB3Follower(Follower):
         reward_clip: off-policy image followers: clamp relabelled rewards to ``[-c, c]`` (SoBiRL code: 1).
         learning_starts: PPO/A2C only: no gradient updates during the first ``learning_starts`` env steps (the
             trainer passes ``trainer.initial_steps`` when ``follower.freeze_initial``; SAC has its own key).
+        visible_reward: the environment reward the follower sees when it trains on it (``env.visible_reward``:
+            dense, delayed or sparse); the true (dense) reward is always kept for the teacher and evaluation.
     """
 
     name: ClassVar[str]
@@ -125,6 +128,7 @@ class SB3Follower(Follower):
         eval_deterministic: bool = True,
         reward_clip: float | None = None,
         learning_starts: int = 0,
+        visible_reward: VisibleRewardConfig | None = None,
     ) -> None:
         self._init_kwargs: dict[str, Any] = {
             "env_id": env_id,
@@ -142,6 +146,7 @@ class SB3Follower(Follower):
             "eval_deterministic": eval_deterministic,
             "reward_clip": reward_clip,
             "learning_starts": learning_starts,
+            "visible_reward": visible_reward,
         }
         kwargs = dict(algo_kwargs)
         if learning_rate is not None and "learning_rate" in kwargs:
@@ -164,10 +169,12 @@ class SB3Follower(Follower):
         self.seed = seed
         self.atari: AtariConfig | None = None
         if atari is not None or is_atari(env_id):
+            if visible_reward is not None and visible_reward.kind != "dense":
+                raise ValueError("env.visible_reward.kind: delayed and sparse rewards are for vector envs, not Atari")
             self.atari = AtariConfig.from_dict(dict(atari or {}))
             venv: VecEnv = make_atari_train_env(env_id, n_envs, seed, self.env_kwargs, self.atari)
         else:
-            venv = make_train_env(env_id, n_envs, seed, self.env_kwargs)
+            venv = make_train_env(env_id, n_envs, seed, self.env_kwargs, visible_reward)
         problem = self.action_space_problem(venv.action_space)
         if problem:
             venv.close()
