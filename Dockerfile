@@ -18,8 +18,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 WORKDIR /app
 # same install as the Makefile: torch pinned first, then the package with its extras
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY bilevel_rl ./bilevel_rl
+COPY configs ./configs
 RUN pip install -e ".[mujoco,atari,wandb,slurm]"
 COPY . .
 

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-slow lint typecheck check benchmark clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
