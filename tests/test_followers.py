@@ -75,26 +75,45 @@ def test_relabel_runs_in_eval_mode_without_grad():
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
 def test_on_policy_follower_trains_on_the_learned_reward(algo):
+    """The rollout's stored rewards are r_φ of its (s, clipped a), from one batched call after collection, and the
+    advantages SB3 trains on are recomputed from them (no stale per-step rewards, no env reward mixed in)."""
+    from stable_baselines3.common.buffers import RolloutBuffer
+
     torch.manual_seed(0)
     f, rm = _follower(algo)
-    wrapper = f.reward_wrapper
-    seen = []
-    original = wrapper.reward_fn
+    calls = []
+    original = f.model.rollout_reward_fn
 
     def spy(obs, actions):
-        out = original(obs, actions)
-        seen.append((obs.copy(), actions.copy(), out.copy()))
-        return out
+        calls.append(len(obs))
+        return original(obs, actions)
 
-    wrapper.reward_fn = spy
-    f.learn(128)
-    obs, actions, rewards = seen[-1]
-    np.testing.assert_allclose(rewards, rm.relabel(obs, actions).numpy(), rtol=1e-6)
-    with torch.no_grad():
-        rm.net[-1].bias += 3.0
-    f.learn(128)
-    obs2, actions2, rewards2 = seen[-1]
-    np.testing.assert_allclose(rewards2, rm.relabel(obs2, actions2).numpy(), rtol=1e-6)
+    f.model.rollout_reward_fn = spy
+    f.model.train = lambda: None  # keep the rollout buffer as collected (training flattens it in place)
+    for shift in (0.0, 3.0):
+        with torch.no_grad():
+            rm.net[-1].bias += shift
+        f.learn(128)
+        buf = f.model.rollout_buffer
+        n = buf.buffer_size * buf.n_envs
+        assert calls[-1] == n  # one call per rollout, all its steps at once
+        obs = buf.observations.reshape(n, -1)
+        space = f.action_space
+        acts = np.clip(buf.actions.reshape(n, -1), space.low, space.high)
+        np.testing.assert_allclose(buf.rewards.reshape(-1), rm.relabel(obs, acts).numpy(), rtol=1e-5, atol=1e-6)
+        check = RolloutBuffer(
+            buf.buffer_size,
+            f.model.observation_space,
+            space,
+            n_envs=buf.n_envs,
+            gamma=buf.gamma,
+            gae_lambda=buf.gae_lambda,
+        )
+        check.rewards, check.values, check.episode_starts = buf.rewards.copy(), buf.values.copy(), buf.episode_starts
+        with torch.no_grad():
+            last = f.model.policy.predict_values(torch.as_tensor(f.model._last_obs))
+        check.compute_returns_and_advantage(last, f.model._last_episode_starts)
+        np.testing.assert_allclose(buf.advantages, check.advantages, rtol=1e-6)
     # the recorder keeps the environment's own reward, not the learned one
     batch = f.collect(64)
     assert batch.obs.shape == (64, 2, 3)

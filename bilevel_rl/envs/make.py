@@ -167,39 +167,27 @@ def make_eval_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render:
     return gym.make(env_id, **kwargs)
 
 
-class LearnedRewardVecEnv(VecEnvWrapper):
-    """Replace the reward of each step by the *current* learned reward ``r_φ(s_t, a_t)``.
+class EnvRewardScale(VecEnvWrapper):
+    """Multiply the environment's (visible) reward by ``coef`` before the follower stores it.
 
-    Used by on-policy followers (PPO/A2C). The true reward stays in ``info["true_reward"]`` (and in the
-    Monitor's episode statistics, which sit below this wrapper).
+    On-policy followers add the leader's reward for a whole rollout after collecting it
+    (:mod:`bilevel_rl.followers.on_policy`); ``coef = 0`` makes that reward replace the environment's (RLHF),
+    ``coef = 1`` keeps it (the true-reward baseline). The true reward stays in ``info["true_reward"]`` and in the
+    Monitor's episode statistics, which sit below this wrapper.
     """
 
-    def __init__(self, venv: VecEnv, reward_fn: RewardFn | None = None) -> None:
+    def __init__(self, venv: VecEnv, coef: float = 1.0) -> None:
         super().__init__(venv)
-        self.reward_fn = reward_fn
-        self.prev_obs: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
+        self.coef = coef
 
     @override
     def reset(self) -> Any:
-        obs = self.venv.reset()
-        self.prev_obs = np.asarray(obs).copy()
-        return obs
-
-    @override
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions).copy()
-        self.venv.step_async(actions)
+        return self.venv.reset()
 
     @override
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
-        if self.reward_fn is not None:
-            if self.prev_obs is None or self._actions is None:
-                raise RuntimeError("LearnedRewardVecEnv.step_wait before reset/step_async")
-            rewards = np.asarray(self.reward_fn(self.prev_obs, self._actions), dtype=np.float32).reshape(-1)
-        self.prev_obs = np.asarray(obs).copy()
-        return obs, rewards, dones, infos
+        return obs, (self.coef * np.asarray(rewards, dtype=np.float32)), dones, infos
 
 
 def torch_reward_fn(reward_model: torch.nn.Module) -> RewardFn:

@@ -1,4 +1,12 @@
-"""On-policy SB3 followers (PPO, A2C): the learned reward enters the rollout through a vec-env wrapper."""
+"""On-policy SB3 followers (PPO, A2C): the leader's reward for a whole rollout comes from one batched call.
+
+SB3 stores each step's environment reward while it collects a rollout; here the environment's reward is scaled by
+``EnvRewardScale`` (0 when the learned reward replaces it), and once the rollout is complete the leader's model is
+evaluated on all of its ``(s_t, a_t)`` in one call, added to the stored rewards, and SB3's returns and advantages are
+computed again (:meth:`BatchedRewardMixin.collect_rollouts`). A per-step call would cost one reward-model forward
+per environment step. The stored rewards already hold SB3's bootstrap ``γ V(s_T)`` of time-limit truncations, which
+the addition keeps.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from typing_extensions import override
 
-from bilevel_rl.envs.make import LearnedRewardVecEnv, torch_reward_fn
+from bilevel_rl.envs.make import EnvRewardScale, RewardFn, torch_reward_fn
 from bilevel_rl.followers.sb3_base import SB3Follower
 from bilevel_rl.followers.sb3_parts import GlobalProgressMixin
 from bilevel_rl.reward_models.base import RewardModel
@@ -37,25 +48,59 @@ class _FrozenStartMixin:
         super().train()  # type: ignore[misc]
 
 
-class BilevelPPO(_FrozenStartMixin, GlobalProgressMixin, PPO):
-    """PPO with run-level learning-rate progress and a frozen start."""
+class BatchedRewardMixin:
+    """Add ``rollout_reward_fn(obs, actions)`` of the whole rollout to its stored rewards, then recompute advantages."""
+
+    rollout_reward_fn: RewardFn | None = None
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """SB3's rollout collection, then the leader's reward for the whole rollout in one call."""
+        complete: bool = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)  # type: ignore[misc]
+        if complete and self.rollout_reward_fn is not None:
+            add_rollout_rewards(self, rollout_buffer, self.rollout_reward_fn)
+        return complete
 
 
-class BilevelA2C(_FrozenStartMixin, GlobalProgressMixin, A2C):
-    """A2C with run-level learning-rate progress and a frozen start."""
+def add_rollout_rewards(model: Any, buffer: RolloutBuffer, reward_fn: RewardFn) -> None:
+    """``buffer.rewards += reward_fn`` of every stored ``(s_t, a_t)`` in one call; returns and advantages anew.
+
+    Box actions are clipped to the action space, as SB3 clips them before stepping the environment, so the reward is
+    that of the action the environment executed.
+    """
+    steps, envs = buffer.buffer_size, buffer.n_envs
+    obs = buffer.observations.reshape(steps * envs, *buffer.obs_shape)
+    space = model.action_space
+    if isinstance(space, gym.spaces.Box):
+        actions = np.clip(buffer.actions.reshape(steps * envs, *space.shape), space.low, space.high)
+    else:
+        actions = buffer.actions.reshape(steps * envs).astype(np.int64)
+    buffer.rewards += np.asarray(reward_fn(obs, actions), dtype=np.float32).reshape(steps, envs)
+    with torch.no_grad():
+        last_values = model.policy.predict_values(obs_as_tensor(model._last_obs, model.device))
+    buffer.compute_returns_and_advantage(last_values=last_values, dones=model._last_episode_starts)
+
+
+class BilevelPPO(BatchedRewardMixin, _FrozenStartMixin, GlobalProgressMixin, PPO):
+    """PPO with batched rollout rewards, run-level learning-rate progress and a frozen start."""
+
+
+class BilevelA2C(BatchedRewardMixin, _FrozenStartMixin, GlobalProgressMixin, A2C):
+    """A2C with batched rollout rewards, run-level learning-rate progress and a frozen start."""
 
 
 class OnPolicyFollower(SB3Follower):
-    """An SB3 actor-critic (one policy network and optimizer) trained on rewards from :class:`LearnedRewardVecEnv`.
+    """An SB3 actor-critic (one policy network and optimizer) whose rollouts get the leader's reward in one call.
 
     ``learning_starts`` freezes the initial policy for that many env steps (``follower.freeze_initial``).
     """
 
-    reward_wrapper: LearnedRewardVecEnv
+    reward_wrapper: EnvRewardScale
 
     @override
     def _wrap_env(self, venv: VecEnv) -> VecEnv:
-        self.reward_wrapper = LearnedRewardVecEnv(venv)
+        self.reward_wrapper = EnvRewardScale(venv, coef=1.0)
         return self.reward_wrapper
 
     @override
@@ -70,13 +115,15 @@ class OnPolicyFollower(SB3Follower):
     @override
     def set_reward_model(self, reward_model: RewardModel) -> None:
         self.reward_model = reward_model
-        self.reward_wrapper.reward_fn = torch_reward_fn(reward_model)
+        self.reward_wrapper.coef = 0.0
+        self.model.rollout_reward_fn = torch_reward_fn(reward_model)  # type: ignore[attr-defined]
 
     @override
     def set_reward_model_to_true_reward(self) -> None:
         self.reward_model = None
         self.true_reward_only = True
-        self.reward_wrapper.reward_fn = None
+        self.reward_wrapper.coef = 1.0
+        self.model.rollout_reward_fn = None  # type: ignore[attr-defined]
 
     @override
     @property
@@ -93,20 +140,6 @@ class OnPolicyFollower(SB3Follower):
             if isinstance(self.action_space, gym.spaces.Box):
                 return torch.distributions.Independent(dist, 1)
             return dist  # type: ignore[no-any-return]
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        """:meth:`SB3Follower.state_dict` plus the reward wrapper's last observation."""
-        state = super().state_dict()
-        prev = self.reward_wrapper.prev_obs
-        state["wrapper_prev_obs"] = None if prev is None else np.array(prev, copy=True)
-        return state
-
-    @override
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        prev = state["wrapper_prev_obs"]
-        self.reward_wrapper.prev_obs = None if prev is None else np.array(prev, copy=True)
 
 
 class PPOFollower(OnPolicyFollower):
