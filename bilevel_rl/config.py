@@ -98,7 +98,10 @@ def _suggest(full_key: str, schema: str = "") -> str:
     section, _, key = full_key.rpartition(".")
     known = _known_keys(section) or schema_fields(schema)
     close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
+    prefix = f"{section}." if section else ""
+    if close:
+        return f" (did you mean {prefix}{close[0]}?)"
+    return f" (keys here: {', '.join(known)})" if 0 < len(known) <= 12 else ""
 
 
 def _known_keys(section: str) -> list[str]:

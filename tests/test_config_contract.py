@@ -48,7 +48,7 @@ FUZZ = [
     (["exp=nope"], "exp=nope"),
     (["logger.mode=sometimes"], "logger.mode"),
     (["reward_model=cnn_sobirl"], "reward_model.hidden_sizes: unknown key"),  # TINY sets the MLP's widths
-    (["teacher.temperature=1"], "teacher.temperature"),
+    (["teacher.temperature=1"], "teacher.temperature: unknown key (keys here: name, tie_tolerance)"),
     (["teacher=bradley_terry", "teacher.temperature=0"], "teacher.temperature"),
     (["checkpoint.keep=0"], "checkpoint.keep"),
     (["device=tpu"], "device"),

@@ -130,10 +130,11 @@ def test_temperature_is_read_at_every_step_and_the_reward_scale_enters():
     lab.reward_model.reward_scale.fill_(4.0)
     _, scaled = one_step(lab, rule, 64, pair_seed=1)
     assert math.isclose(scaled["upper/implicit_grad_norm"], 4 * hot["upper/implicit_grad_norm"], rel_tol=1e-9)
-    lab.follower.lam = 0.0
+    lab.follower.lam = 0.0  # the temperature falls to 0 after attach: refused at the leader step
+    buffer = lab.buffer(64, torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match="temperature > 0, got 0.0 .*follower.algo_kwargs.ent_coef"):
-        one_step(lab, rule, 64, pair_seed=1)
-    with pytest.raises(ValueError, match="temperature > 0"):
+        rule.update(leader_step(buffer, 1, np.random.default_rng(0), iteration=1))
+    with pytest.raises(ValueError, match="needs an entropy temperature > 0.*lacks"):  # and by capability at attach
         hpgd(64).attach(lab.follower, lab.reward_model)
 
 

@@ -96,7 +96,9 @@ class TabularFollower(Follower):
     @property
     @override
     def capabilities(self) -> frozenset[Capability]:
-        return type(self).declared_capabilities()
+        """The declared set, without ``TEMPERATURE`` while the temperature is not positive (as SB3 followers)."""
+        caps = type(self).declared_capabilities()
+        return caps if self.temperature > 0 else caps - {Capability.TEMPERATURE}
 
     @property
     @override
