@@ -90,9 +90,17 @@ def build_reward_model(s: Sections, spaces: dict[str, Any]) -> RewardModel:
     return make_reward_model("mlp", obs, act, tuple(rm.hidden_sizes), rm.use_action, rm.normalize, rm.normalize_inputs)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False) -> Trainer:
-    """Validate ``cfg`` and construct the follower, reward model, rule, objective, logger and trainer."""
-    facts = validate(cfg, require_exp=not resume)
+def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False, facts: dict[str, Any] | None = None) -> Trainer:
+    """Construct the follower, reward model, rule, objective, logger and trainer of ``cfg``.
+
+    Args:
+        cfg: the composed config.
+        run_dir: where the run writes.
+        resume: continue from the newest intact checkpoint in ``run_dir``.
+        facts: :func:`bilevel_rl.config.validate`'s result for ``cfg`` when the caller has it (``None``: validate).
+    """
+    if facts is None:
+        facts = validate(cfg, require_exp=not resume)
     s: Sections = facts["sections"]
     torch.set_num_threads(int(cfg.torch_threads))
     seed = int(cfg.seed)
@@ -166,12 +174,12 @@ def run(cfg: DictConfig, run_dir: Path, cli_overrides: list[str] | None = None) 
     if resume:
         run_dir = Path(cfg.checkpoint.resume_from)
         cfg = resolve_resume(cfg, run_dir, cli_overrides or [])
-    else:
-        validate(cfg)  # refuse bad configs before writing anything
+    facts = validate(cfg, require_exp=not resume)  # refuse bad configs before writing anything
+    if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     t0 = time.time()
-    trainer = build_trainer(cfg, run_dir, resume=resume)
+    trainer = build_trainer(cfg, run_dir, resume=resume, facts=facts)
     try:
         final = trainer.run()
         artifacts = trainer.objective.save_artifacts(run_dir)

@@ -66,13 +66,8 @@ class SACFollower(OffPolicyFollower):
     name = "sac"
     algorithm = BilevelSAC
     algorithm_name = "SAC"
-
-    @override
-    @classmethod
-    def action_space_problem(cls, space: gym.spaces.Space) -> str | None:
-        if isinstance(space, gym.spaces.Box):
-            return None
-        return f"has action space {space}; {cls.algorithm_name} needs a continuous (Box) action space"
+    action_spaces = (gym.spaces.Box,)
+    action_space_need = "a continuous (Box) action space"
 
     @override
     def _configure_model(self, lr: float, actor_lr: float | None, learning_starts: int) -> None:
@@ -127,17 +122,12 @@ class DiscreteSACFollower(OffPolicyFollower):
     name = "dsac"
     algorithm = BilevelDiscreteSAC
     algorithm_name = "DiscreteSAC"
+    action_spaces = (gym.spaces.Discrete,)
+    action_space_need = "a Discrete action space"
     STATE_ATTRS: ClassVar[tuple[str, ...]] = (
         *OffPolicyFollower.STATE_ATTRS,
         "_last_target_update",  # when the target critics were last copied
     )
-
-    @override
-    @classmethod
-    def action_space_problem(cls, space: gym.spaces.Space) -> str | None:
-        if isinstance(space, gym.spaces.Discrete):
-            return None
-        return f"has action space {space}; {cls.algorithm_name} needs a Discrete action space"
 
     @override
     def _relabeler(self, reward_model: RewardModel) -> SupportsRelabel:

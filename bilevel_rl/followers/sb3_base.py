@@ -100,6 +100,10 @@ class SB3Follower(Follower):
     """The SB3 algorithm class."""
     algorithm_name: ClassVar[str]
     """The SB3 algorithm's name in messages (``SAC``, ``PPO``, ...)."""
+    action_spaces: ClassVar[tuple[type[gym.spaces.Space], ...]] = (gym.spaces.Box, gym.spaces.Discrete)
+    """The action spaces the algorithm acts in."""
+    action_space_need: ClassVar[str] = "a Box or Discrete action space"
+    """``action_spaces`` in words, for :meth:`action_space_problem`."""
     STATE_ATTRS: ClassVar[tuple[str, ...]] = (
         "num_timesteps",
         "_n_updates",
@@ -211,9 +215,9 @@ class SB3Follower(Follower):
     @classmethod
     def action_space_problem(cls, space: gym.spaces.Space) -> str | None:
         """Why this follower cannot act in ``space`` (``None``: it can); the words follow ``env.id=<id>``."""
-        if isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
+        if isinstance(space, cls.action_spaces):
             return None
-        return f"has an unsupported action space {space}; {cls.algorithm_name} needs a Box or Discrete one"
+        return f"has action space {space}; {cls.algorithm_name} needs {cls.action_space_need}"
 
     def _wrap_env(self, venv: VecEnv) -> VecEnv:
         """The training vec env as the algorithm sees it."""
