@@ -36,6 +36,9 @@ class Capability(str, Enum):
     """It can train on the environment's own reward: ``Follower.set_reward_model_to_true_reward``."""
     VIDEO = "video"
     """It can render an evaluation episode: ``Follower.record_video``."""
+    POLICY_LOOKAHEAD = "policy_lookahead"
+    """Its policy's log-probabilities at substituted parameters: ``Follower.policy_parameters`` and
+    ``Follower.policy_log_prob`` (a one-step lookahead through its own policy-gradient update)."""
 
     @property
     def description(self) -> str:
@@ -53,6 +56,7 @@ _DESCRIPTIONS = {
     Capability.GENERATIVE_MODEL: "a generative model (reset to an arbitrary state)",
     Capability.TRUE_REWARD: "training on the environment's own reward",
     Capability.VIDEO: "video recording",
+    Capability.POLICY_LOOKAHEAD: "a functional policy (log pi at substituted parameters; PPO, A2C)",
 }
 
 Requirements = Mapping[Capability, str]

@@ -24,7 +24,7 @@ from typing import Any
 import gymnasium as gym
 from omegaconf import DictConfig, OmegaConf
 
-from bilevel_rl.capabilities import CapabilityError, check_compatible
+from bilevel_rl.capabilities import Capability, CapabilityError, check_compatible
 from bilevel_rl.config_schema import OPTION_SCHEMAS, SECTIONS, RunConfig, register_schemas
 from bilevel_rl.schema import schema_fields
 
@@ -239,7 +239,8 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         raise ConfigError(f"torch_threads: must be >= 1, got {cfg.torch_threads}")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"device: must be cpu or cuda[:N], got {cfg.device!r}")
-    if s.buffer.initial_pairs > 0 and s.trainer.initial_steps <= 0:
+    preferences = s.objective.name == "preferences"
+    if preferences and s.buffer.initial_pairs > 0 and s.trainer.initial_steps <= 0:
         raise ConfigError("trainer.initial_steps: must be > 0 when buffer.initial_pairs > 0 (pairs need transitions)")
     _check_follower_and_rule(s)
     spec, obs_space, act_space = _env_spaces(s)
@@ -247,10 +248,13 @@ def validate(cfg: DictConfig, require_exp: bool = True) -> dict[str, Any]:
         raise ConfigError(f"env.id: {s.env.id} has a {type(obs_space).__name__} observation space; a Box is required")
     _check_action_space(s, act_space)
     _check_reward_model(s, obs_space)
-    if s.env.visible_reward.kind != "dense" and (s.env.atari is not None or is_atari(s.env.id)):
+    atari = s.env.atari is not None or is_atari(s.env.id)
+    if s.env.visible_reward.kind != "dense" and atari:
         raise ConfigError("env.visible_reward.kind: delayed and sparse rewards are for vector envs, not Atari")
+    if not preferences:
+        _check_leader_reward(s, atari)
     limit = spec.max_episode_steps if spec is not None else None
-    if limit is not None and s.buffer.segment_length > limit:
+    if preferences and limit is not None and s.buffer.segment_length > limit:
         raise ConfigError(
             f"buffer.segment_length: {s.buffer.segment_length} steps exceed the episode limit of {s.env.id} "
             f"({limit} steps); a segment must fit in one episode"
@@ -268,16 +272,36 @@ def _check_follower_and_rule(s: Sections) -> None:
         raise ConfigError(str(exc).splitlines()[0]) from None
     follower_cls = follower_class(s.follower.name)
     rule_cls, _ = rule_classes(s.upper.name)
-    if s.objective.name not in rule_cls.objectives:
-        raise ConfigError(
-            f"upper={s.upper.name} with objective={s.objective.name}: the rule optimises "
-            f"{' or '.join(rule_cls.objectives)} only"
-        )
+    problem = rule_cls.objective_problem(s.upper, s.objective.name)
+    if problem:
+        raise ConfigError(f"upper={s.upper.name} with objective={s.objective.name}: {problem}")
     provided = follower_cls.declared_capabilities(_plain(s.root.follower))
+    required = dict(rule_cls.requirements(s.upper))
+    if getattr(s.objective, "follower_temperature", None) is not None:
+        required.pop(Capability.TEMPERATURE, None)
     try:
-        check_compatible(s.upper.name, rule_cls.requirements(s.upper), s.follower.name, provided)
+        check_compatible(s.upper.name, required, s.follower.name, provided)
     except CapabilityError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_leader_reward(s: Sections, atari: bool) -> None:
+    """``objective=leader_reward``: what the follower and the env must allow."""
+    o = s.objective
+    if atari and (o.reward_fn is not None or o.cost != "none"):
+        raise ConfigError(
+            "objective.reward_fn / objective.cost: evaluating a leader reward needs a vector env, not Atari"
+        )
+    if atari and o.env_reward_coef != 0 and s.follower.name in ("sac", "dsac"):
+        raise ConfigError(
+            f"objective.env_reward_coef: follower={s.follower.name} on image observations trains on the learned reward "
+            "alone; set objective.env_reward_coef=0 or use follower=a2c"
+        )
+    if o.gamma is None and s.upper.name != "true_reward":
+        from bilevel_rl.followers import follower_class
+
+        if Capability.GAMMA not in follower_class(s.follower.name).declared_capabilities(_plain(s.root.follower)):
+            raise ConfigError(f"objective.gamma: follower={s.follower.name} has no discount of its own; set it")
 
 
 def _env_spaces(s: Sections) -> tuple[Any, gym.Space, gym.Space]:

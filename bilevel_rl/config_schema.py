@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 
 from bilevel_rl.envs.atari import AtariConfig
 from bilevel_rl.envs.visible_reward import VisibleRewardConfig
+from bilevel_rl.objectives.leader_reward import LeaderRewardConfig
 from bilevel_rl.objectives.preferences import PreferenceObjectiveConfig
 from bilevel_rl.schema import check_dataclass, check_range, structured
 from bilevel_rl.trainer import CheckpointConfig, TrainerConfig
@@ -88,6 +89,7 @@ class MLPRewardConfig:
         use_action: feed the action (``false``: ``r_φ(s)``).
         normalize: the follower sees ``r / std(r)`` on recent transitions (scale only).
         normalize_inputs: standardise observations with statistics fitted once on the initial transitions.
+        zero_init: start the output layer at zero, so ``r_φ ≡ 0`` at first (a shaping reward that starts neutral).
     """
 
     name: Literal["mlp"] = "mlp"
@@ -95,6 +97,7 @@ class MLPRewardConfig:
     use_action: bool = True
     normalize: bool = True
     normalize_inputs: bool = True
+    zero_init: bool = False
 
     def __post_init__(self) -> None:
         check_dataclass(self, "reward_model")
@@ -153,8 +156,8 @@ class BradleyTerryTeacherConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    """Config group ``objective``: what the leader optimises (``preferences``: RLHF from teacher labels)."""
+class PreferencesObjectiveConfig:
+    """Config option ``objective=preferences``: RLHF from teacher labels (settings in ``buffer`` and ``teacher``)."""
 
     name: Literal["preferences"] = "preferences"
 
@@ -196,7 +199,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     follower: FollowerConfig = field(default_factory=FollowerConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: Any = None
     buffer: PreferenceObjectiveConfig = field(default_factory=PreferenceObjectiveConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     reward_model: Any = None
@@ -209,13 +212,13 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "env": EnvConfig,
     "follower": FollowerConfig,
-    "objective": ObjectiveConfig,
     "buffer": PreferenceObjectiveConfig,
     "logger": LoggerConfig,
 }
-"""Sections with one schema each; ``reward_model``, ``teacher`` and ``upper`` choose theirs by ``name``."""
+"""Sections with one schema each; ``objective``, ``reward_model``, ``teacher``, ``upper`` choose theirs by ``name``."""
 
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
+    "objective": {"preferences": PreferencesObjectiveConfig, "leader_reward": LeaderRewardConfig},
     "reward_model": {"mlp": MLPRewardConfig, "cnn": CNNRewardConfig},
     "teacher": {"oracle": OracleTeacherConfig, "bradley_terry": BradleyTerryTeacherConfig},
 }

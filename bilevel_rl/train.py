@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
@@ -16,7 +17,10 @@ from bilevel_rl.checkpoint import CheckpointError, newest_intact_checkpoint
 from bilevel_rl.config import CONFIG_DIR, GROUPS, ConfigError, Sections, validate
 from bilevel_rl.data.teachers import make_teacher
 from bilevel_rl.followers import make_follower
+from bilevel_rl.followers.base import Follower
 from bilevel_rl.logging import MetricLogger
+from bilevel_rl.objectives.base import Objective
+from bilevel_rl.objectives.leader_reward import GAECritic, LeaderRewardObjective
 from bilevel_rl.objectives.preferences import PreferenceObjective
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.reward_models.cnn import make_cnn_reward_model
@@ -87,7 +91,26 @@ def build_reward_model(s: Sections, spaces: dict[str, Any]) -> RewardModel:
         model: RewardModel = make_cnn_reward_model(rm.arch, obs, act, rm.per_action)
         model.normalize, model.center, model.target_std = rm.normalize, rm.center, rm.target_std
         return model
-    return make_reward_model("mlp", obs, act, tuple(rm.hidden_sizes), rm.use_action, rm.normalize, rm.normalize_inputs)
+    model = make_reward_model("mlp", obs, act, tuple(rm.hidden_sizes), rm.use_action, rm.normalize, rm.normalize_inputs)
+    if rm.zero_init:
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    return model
+
+
+def build_objective(s: Sections, follower: Follower) -> Objective:
+    """``objective=preferences`` (teacher + buffer) or ``objective=leader_reward`` (a GAE critic of ``r̄``)."""
+    o = s.objective
+    if o.name == "leader_reward":
+        obs_dim = int(np.prod(follower.observation_space.shape or (1,)))
+        critic = GAECritic(
+            obs_dim, o.critic_hidden_sizes, o.critic_lr, o.critic_epochs, o.critic_batch_size, o.gae_lambda
+        )
+        gamma = o.gamma if o.gamma is not None else follower.gamma
+        return LeaderRewardObjective(o, critic, follower_gamma=gamma)
+    teacher = make_teacher(s.teacher.name, **{k: v for k, v in vars(s.teacher).items() if k != "name"})
+    return PreferenceObjective(s.buffer, teacher)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False, facts: dict[str, Any] | None = None) -> Trainer:
@@ -127,8 +150,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False, facts: d
     reward_model = build_reward_model(s, facts).to(str(cfg.device))
     rule_cls, _ = rule_classes(s.upper.name)
     rule = rule_cls(s.upper)  # type: ignore[call-arg]
-    teacher = make_teacher(s.teacher.name, **{k: v for k, v in vars(s.teacher).items() if k != "name"})
-    objective = PreferenceObjective(s.buffer, teacher)
+    objective = build_objective(s, follower)
     state = None
     if resume:
         try:
@@ -199,6 +221,9 @@ _SUMMARY_KEYS = (
     ("reward_model/true_reward_corr", "corr(r_phi, true reward)"),
     ("reward_model/segment_return_corr", "corr(segment returns)"),
     ("buffer/total_labels", "labels queried"),
+    ("eval/leader_return", "leader return (eval)"),
+    ("shaping/mean_abs", "mean |shaping reward|"),
+    ("shaping/dense_reward_corr", "corr(shaping, dense reward)"),
     ("time/sps", "follower steps/s"),
 )
 

@@ -132,7 +132,7 @@ class Trainer:
         self.leader_generator = torch.Generator().manual_seed(seed + 1)
         self.iteration = 0
         self.last_eval: float = float("nan")
-        self.follower.set_reward_model(reward_model)
+        self.follower.set_reward_model(reward_model, objective.reward_mix)
         self.rule.attach(follower, reward_model, objective.data)
 
     # ------------------------------------------------------------------ stages
@@ -179,7 +179,13 @@ class Trainer:
         if not (final or self.iteration == 0 or (c.eval_every > 0 and self.iteration % c.eval_every == 0)):
             return {}
         t0 = time.perf_counter()
-        metrics = self.follower.evaluate(c.eval_episodes, seed=self.seed + 10_000)
+        leader_reward = self.objective.eval_reward_fn(self.reward_model, self.follower.reward_mix)
+        if leader_reward is not None:
+            metrics = self.follower.evaluate(c.eval_episodes, seed=self.seed + 10_000, leader_reward=leader_reward)
+        else:
+            metrics = self.follower.evaluate(c.eval_episodes, seed=self.seed + 10_000)
+        if self.objective.name == "leader_reward":  # r̄ is the dense reward unless a function or a cost says otherwise
+            metrics.setdefault("eval/leader_return", metrics["eval/true_return"])
         metrics["time/eval_s"] = time.perf_counter() - t0
         self.last_eval = metrics["eval/true_return"]
         if c.video_every > 0 and (final or self.iteration % c.video_every == 0):

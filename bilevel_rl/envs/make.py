@@ -190,10 +190,11 @@ class EnvRewardScale(VecEnvWrapper):
         return obs, (self.coef * np.asarray(rewards, dtype=np.float32)), dones, infos
 
 
-def torch_reward_fn(reward_model: torch.nn.Module) -> RewardFn:
-    """Wrap a reward model's ``relabel`` as a numpy → numpy function."""
+def torch_reward_fn(reward_model: torch.nn.Module, coef: float = 1.0) -> RewardFn:
+    """Wrap ``coef ·`` a reward model's ``relabel`` as a numpy → numpy function."""
 
     def fn(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return reward_model.relabel(obs, actions).cpu().numpy()  # type: ignore[operator]
+        r = reward_model.relabel(obs, actions).cpu().numpy()  # type: ignore[operator]
+        return r if coef == 1.0 else coef * r
 
     return fn

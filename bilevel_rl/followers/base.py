@@ -19,6 +19,28 @@ ExtraPolicyLoss = Callable[[], torch.Tensor]
 """A leader-supplied term added to the follower's policy loss at every policy gradient step (PBRL)."""
 
 
+LeaderStepReward = Callable[[np.ndarray, np.ndarray, float], float]
+"""``(obs, action, env_reward) -> r̄`` of one evaluation step: the leader's own reward (``eval/leader_return``)."""
+
+
+@dataclass(frozen=True)
+class RewardMix:
+    """What a follower trains on: ``env · r_visible + model · r_φ``.
+
+    ``r_visible`` is the environment's reward as the follower sees it (``env.visible_reward``: dense, delayed or
+    sparse), ``r_φ`` the leader's model as :meth:`RewardModel.relabel` returns it. RLHF replaces the environment's
+    reward (``env = 0, model = 1``, the default); reward shaping adds the leader's shaping reward to it
+    (``env = 1``; ``objective.env_reward_coef`` and ``objective.shaping_coef``).
+
+    Attributes:
+        env: coefficient of the visible environment reward.
+        model: coefficient of the leader's reward.
+    """
+
+    env: float = 0.0
+    model: float = 1.0
+
+
 @dataclass
 class Rollouts:
     """Generative-model rollouts: ``N`` trajectories of ``T`` steps started at given observations.
@@ -56,6 +78,7 @@ class Follower(ABC):
     * ``GENERATIVE_MODEL``: :meth:`rollouts_from`.
     * ``TRUE_REWARD``: :meth:`set_reward_model_to_true_reward`.
     * ``VIDEO``: :meth:`record_video`.
+    * ``POLICY_LOOKAHEAD``: :meth:`policy_parameters`, :meth:`policy_log_prob` and :meth:`policy_learning_rate`.
 
     A method whose capability is not listed raises ``NotImplementedError`` with a one-line reason.
     """
@@ -88,8 +111,13 @@ class Follower(ABC):
 
     # ------------------------------------------------------------------ seam
     @abstractmethod
-    def set_reward_model(self, reward_model: RewardModel) -> None:
-        """Train on this reward model from now on."""
+    def set_reward_model(self, reward_model: RewardModel, mix: RewardMix | None = None) -> None:
+        """Train on ``mix.env · r_visible + mix.model · reward_model`` from now on (``None``: ``RewardMix()``)."""
+
+    @property
+    def reward_mix(self) -> RewardMix:
+        """The coefficients of the reward the follower trains on (:meth:`set_reward_model`)."""
+        return getattr(self, "_reward_mix", RewardMix())
 
     @abstractmethod
     def learn(self, steps: int) -> dict[str, float]:
@@ -103,8 +131,11 @@ class Follower(ABC):
         """
 
     @abstractmethod
-    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
-        """Deterministic episodes on the environment's own reward; returns ``eval/...`` metrics."""
+    def evaluate(self, episodes: int, seed: int, leader_reward: LeaderStepReward | None = None) -> dict[str, float]:
+        """Deterministic episodes on the environment's own reward; returns ``eval/...`` metrics.
+
+        With ``leader_reward`` the episodes' sums of it are reported too, as ``eval/leader_return``.
+        """
 
     @property
     @abstractmethod
@@ -183,6 +214,20 @@ class Follower(ABC):
             f"{type(self).__name__} has no generative model (reset to an arbitrary state); "
             "use an estimator that needs only on-policy trajectories"
         )
+
+    def policy_parameters(self) -> dict[str, torch.Tensor]:
+        """The policy's named parameters (live tensors; a lookahead differentiates through copies of them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose a functional policy")
+
+    def policy_log_prob(
+        self, obs: torch.Tensor, actions: torch.Tensor, params: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``log π_θ(a|s)`` ``(N,)`` with the policy's parameters replaced by ``params`` (differentiable in them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose a functional policy")
+
+    def policy_learning_rate(self) -> float:
+        """The step size of the follower's policy update now."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its learning rate")
 
     def record_video(self, seed: int, max_steps: int = 1000) -> np.ndarray:
         """Frames ``(T, H, W, 3)`` of one evaluation episode of at most ``max_steps`` steps."""

@@ -13,6 +13,7 @@ import torch
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from typing_extensions import override
 
+from bilevel_rl.followers.base import RewardMix
 from bilevel_rl.followers.buffer_io import buffer_state, load_buffer_state
 from bilevel_rl.followers.frame_buffer import FrameStackReplayBuffer, SupportsRelabel
 from bilevel_rl.followers.relabel import RelabelingReplayBuffer
@@ -21,7 +22,7 @@ from bilevel_rl.reward_models.base import RewardModel
 
 # the reward cache is not trusted after a restore (_fingerprint is dropped): the first sample recomputes it, exactly
 # as the uninterrupted run does after the leader step before the checkpoint; the rest is rebuilt by set_reward_model
-_BUFFER_SKIP = frozenset({"reward_model", "action_low", "action_high", "device", "_fingerprint"})
+_BUFFER_SKIP = frozenset({"reward_model", "mix", "action_low", "action_high", "device", "_fingerprint"})
 
 
 class OffPolicyFollower(SB3Follower):
@@ -54,14 +55,23 @@ class OffPolicyFollower(SB3Follower):
         return reward_model
 
     @override
-    def set_reward_model(self, reward_model: RewardModel) -> None:
+    def set_reward_model(self, reward_model: RewardModel, mix: RewardMix | None = None) -> None:
+        mix = mix or RewardMix()
+        buf = self.replay_buffer
+        if isinstance(buf, FrameStackReplayBuffer) and mix != RewardMix():
+            raise ValueError("objective: image followers train on the learned reward alone (no environment reward mix)")
         self.reward_model = reward_model
-        self.replay_buffer.reward_model = self._relabeler(reward_model)  # type: ignore[assignment]
+        self._reward_mix = mix
+        if isinstance(buf, RelabelingReplayBuffer):
+            buf.mix = mix
+            buf._fingerprint = None  # every cached reward is stale under a new mix
+        buf.reward_model = self._relabeler(reward_model)  # type: ignore[assignment]
 
     @override
     def set_reward_model_to_true_reward(self) -> None:
         self.reward_model = None
         self.true_reward_only = True
+        self._reward_mix = RewardMix(env=1.0, model=0.0)
         self.replay_buffer.reward_model = None
 
     @override

@@ -10,6 +10,7 @@ the addition keeps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -22,7 +23,9 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from typing_extensions import override
 
+from bilevel_rl.capabilities import Capability
 from bilevel_rl.envs.make import EnvRewardScale, RewardFn, torch_reward_fn
+from bilevel_rl.followers.base import RewardMix
 from bilevel_rl.followers.sb3_base import SB3Follower
 from bilevel_rl.followers.sb3_parts import GlobalProgressMixin
 from bilevel_rl.reward_models.base import RewardModel
@@ -113,15 +116,18 @@ class OnPolicyFollower(SB3Follower):
         return self.model.policy.optimizer
 
     @override
-    def set_reward_model(self, reward_model: RewardModel) -> None:
+    def set_reward_model(self, reward_model: RewardModel, mix: RewardMix | None = None) -> None:
+        mix = mix or RewardMix()
         self.reward_model = reward_model
-        self.reward_wrapper.coef = 0.0
-        self.model.rollout_reward_fn = torch_reward_fn(reward_model)  # type: ignore[attr-defined]
+        self._reward_mix = mix
+        self.reward_wrapper.coef = mix.env
+        self.model.rollout_reward_fn = torch_reward_fn(reward_model, mix.model)  # type: ignore[attr-defined]
 
     @override
     def set_reward_model_to_true_reward(self) -> None:
         self.reward_model = None
         self.true_reward_only = True
+        self._reward_mix = RewardMix(env=1.0, model=0.0)
         self.reward_wrapper.coef = 1.0
         self.model.rollout_reward_fn = None  # type: ignore[attr-defined]
 
@@ -140,6 +146,46 @@ class OnPolicyFollower(SB3Follower):
             if isinstance(self.action_space, gym.spaces.Box):
                 return torch.distributions.Independent(dist, 1)
             return dist  # type: ignore[no-any-return]
+
+    @override
+    @classmethod
+    def declared_capabilities(cls, params: Mapping[str, Any] | None = None) -> frozenset[Capability]:
+        """The SB3 set plus ``POLICY_LOOKAHEAD`` (one actor-critic module whose log-probs are a functional call)."""
+        return super().declared_capabilities(params) | {Capability.POLICY_LOOKAHEAD}
+
+    @override
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return super().capabilities | {Capability.POLICY_LOOKAHEAD}
+
+    @override
+    def policy_parameters(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.policy.named_parameters())
+
+    @override
+    def policy_log_prob(
+        self, obs: torch.Tensor, actions: torch.Tensor, params: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``policy.evaluate_actions``'s log-probabilities through ``torch.func.functional_call``."""
+        return torch.func.functional_call(
+            _LogProb(self.model.policy), {f"policy.{k}": v for k, v in params.items()}, (obs, actions)
+        )
+
+    @override
+    def policy_learning_rate(self) -> float:
+        """SB3's current learning rate (its schedule at the run's progress)."""
+        return float(self.model.lr_schedule(self.model._current_progress_remaining))
+
+
+class _LogProb(torch.nn.Module):
+    """``(obs, actions) -> log π(a|s)`` of an SB3 actor-critic policy, as a module for ``functional_call``."""
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.policy.evaluate_actions(obs, actions)[1]  # type: ignore[operator,no-any-return]
 
 
 class PPOFollower(OnPolicyFollower):

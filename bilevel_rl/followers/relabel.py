@@ -10,6 +10,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from typing_extensions import override
 
+from bilevel_rl.followers.base import RewardMix
 from bilevel_rl.reward_models.base import RewardModel
 
 
@@ -23,9 +24,14 @@ class RelabelingReplayBuffer(ReplayBuffer):
     counts as changed when any parameter or buffer was replaced or modified in place (torch's version counters),
     so a leader step, a normalisation update or a manual edit are all seen by the very next sampled batch.
     Between leader updates this computes each transition's reward once instead of once per sample.
+
+    With a :class:`~bilevel_rl.followers.base.RewardMix` (reward shaping) the cached reward is
+    ``mix.model · r_φ + mix.env · r_env``, ``r_env`` the stored environment reward (the visible one: delayed when
+    ``env.visible_reward`` delays it).
     """
 
     reward_model: RewardModel | None = None
+    mix: RewardMix = RewardMix()
     action_low: torch.Tensor | None = None
     action_high: torch.Tensor | None = None
     block_size: int = 1024
@@ -62,8 +68,10 @@ class RelabelingReplayBuffer(ReplayBuffer):
             act = self.to_torch(self.actions[lo:hi].reshape(-1, self.action_dim))
             if self.action_low is not None and self.action_high is not None:  # stored scaled to [-1, 1]
                 act = self.action_low + 0.5 * (act + 1.0) * (self.action_high - self.action_low)
-            reward = model.relabel(obs, act).reshape(hi - lo, self.n_envs)
-            self.rewards[lo:hi] = reward.cpu().numpy()
+            reward = model.relabel(obs, act).reshape(hi - lo, self.n_envs).cpu().numpy()
+            if self.mix != RewardMix():
+                reward = self.mix.model * reward + self.mix.env * self.true_rewards[lo:hi]
+            self.rewards[lo:hi] = reward
             self.fresh[lo:hi] = True
             done += hi - lo
         return done

@@ -10,6 +10,7 @@ import torch
 from stable_baselines3 import SAC
 from typing_extensions import override
 
+from bilevel_rl.followers.base import RewardMix
 from bilevel_rl.followers.discrete_sac import DiscreteSAC
 from bilevel_rl.followers.frame_buffer import SupportsRelabel
 from bilevel_rl.followers.off_policy import OffPolicyFollower
@@ -75,8 +76,8 @@ class SACFollower(OffPolicyFollower):
             self.model.actor_lr_scale = actor_lr / lr  # type: ignore[attr-defined]
 
     @override
-    def set_reward_model(self, reward_model: RewardModel) -> None:
-        super().set_reward_model(reward_model)
+    def set_reward_model(self, reward_model: RewardModel, mix: RewardMix | None = None) -> None:
+        super().set_reward_model(reward_model, mix)
         buf = self.replay_buffer  # the buffer stores actions scaled to [-1, 1]: it rescales them for the model
         space = self.action_space
         assert isinstance(space, gym.spaces.Box)

@@ -43,7 +43,7 @@ from bilevel_rl.envs.make import make_eval_env, make_train_env
 from bilevel_rl.envs.state import get_env_state, set_env_state
 from bilevel_rl.envs.visible_reward import VisibleRewardConfig
 from bilevel_rl.followers.atari_policies import resolve_policy_kwargs
-from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, TransitionRecorder
+from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, LeaderStepReward, TransitionRecorder
 from bilevel_rl.followers.sb3_parts import (
     RecorderCallback,
     evaluate_episodes,
@@ -336,7 +336,7 @@ class SB3Follower(Follower):
         return action
 
     @override
-    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+    def evaluate(self, episodes: int, seed: int, leader_reward: LeaderStepReward | None = None) -> dict[str, float]:
         """True-reward evaluation; a stochastic policy samples from its own torch RNG stream seeded by ``seed``.
 
         Training's RNG streams are left untouched, so whether (and how often) a run evaluates never changes its
@@ -344,16 +344,18 @@ class SB3Follower(Follower):
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._evaluate(episodes, seed)
+            return self._evaluate(episodes, seed, leader_reward)
 
-    def _evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+    def _evaluate(self, episodes: int, seed: int, leader_reward: LeaderStepReward | None) -> dict[str, float]:
         if self.atari is not None:  # whole games, unclipped score, no life-loss termination
+            if leader_reward is not None:
+                raise ValueError("objective.reward_fn / objective.cost: evaluating a leader reward needs a vector env")
             if self._eval_venv is None:
                 self._eval_venv = make_atari_eval_env(self.env_id, self.env_kwargs, self.atari, seed)
             return evaluate_atari(self._predict, self._eval_venv, episodes, seed, self.atari.eval_max_steps)
         if self._eval_env is None:
             self._eval_env = make_eval_env(self.env_id, self.env_kwargs)
-        return evaluate_episodes(self._predict, self._eval_env, episodes, seed)
+        return evaluate_episodes(self._predict, self._eval_env, episodes, seed, leader_reward)
 
     @override
     def record_video(self, seed: int, max_steps: int = 1000) -> np.ndarray:

@@ -16,7 +16,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from bilevel_rl.envs.atari import AtariConfig, episode_metrics, make_atari_eval_env
 from bilevel_rl.envs.make import make_eval_env
-from bilevel_rl.followers.base import TransitionRecorder
+from bilevel_rl.followers.base import LeaderStepReward, TransitionRecorder
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """Observations → actions of the evaluated policy."""
@@ -78,20 +78,33 @@ class RecorderCallback(BaseCallback):
         return True
 
 
-def evaluate_episodes(predict: Predict, env: gym.Env, episodes: int, seed: int) -> dict[str, float]:
-    """``eval/...`` metrics of ``episodes`` episodes on the env's own reward (episode ``i`` reset with ``seed + i``)."""
-    returns, lengths = [], []
+def evaluate_episodes(
+    predict: Predict, env: gym.Env, episodes: int, seed: int, leader_reward: LeaderStepReward | None = None
+) -> dict[str, float]:
+    """``eval/...`` metrics of ``episodes`` episodes on the env's own reward (episode ``i`` reset with ``seed + i``).
+
+    With ``leader_reward(obs, action, env_reward)`` the mean of its episode sums is ``eval/leader_return``.
+    """
+    returns, lengths, leader_returns = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
-        done, ret, length = False, 0.0, 0
+        done, ret, lead, length = False, 0.0, 0.0, 0
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(predict(obs))
+            action = predict(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
             ret += float(reward)
+            if leader_reward is not None:
+                lead += leader_reward(obs, action, float(reward))
+            obs = next_obs
             length += 1
             done = terminated or truncated
         returns.append(ret)
         lengths.append(length)
-    return episode_metrics(returns, lengths)
+        leader_returns.append(lead)
+    metrics = episode_metrics(returns, lengths)
+    if leader_reward is not None:
+        metrics["eval/leader_return"] = float(np.mean(leader_returns))
+    return metrics
 
 
 def record_episode(

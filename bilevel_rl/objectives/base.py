@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bilevel_rl.data.trajectories import TrajectoryBatch
+from bilevel_rl.followers.base import LeaderStepReward, RewardMix
 from bilevel_rl.reward_models.base import RewardModel
 
 
@@ -30,6 +31,15 @@ class Objective(ABC):
     """What the leader optimises and the data it needs (one instance per run; checkpointed by the trainer)."""
 
     name: str = "base"
+
+    @property
+    def reward_mix(self) -> RewardMix:
+        """What the follower trains on (RLHF: the learned reward alone)."""
+        return RewardMix()
+
+    def eval_reward_fn(self, model: RewardModel, mix: RewardMix) -> LeaderStepReward | None:
+        """The leader's per-step reward for evaluation episodes (``None``: nothing beyond ``eval/true_return``)."""
+        return None
 
     @property
     @abstractmethod

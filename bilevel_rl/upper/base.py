@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bilevel_rl.data.preference_buffer import PreferenceBuffer
     from bilevel_rl.data.trajectories import TrajectoryBatch
     from bilevel_rl.followers.base import Follower
+    from bilevel_rl.objectives.leader_reward import LeaderData
     from bilevel_rl.reward_models.base import RewardModel
 
 
@@ -32,7 +33,8 @@ class LeaderStep:
     """Everything one leader update may read (nothing else reaches a rule between updates).
 
     Attributes:
-        data: the objective's data (``preferences``: the :class:`PreferenceBuffer`).
+        data: the objective's data (``preferences``: the :class:`PreferenceBuffer`; ``leader_reward``: the live
+            :class:`~bilevel_rl.objectives.leader_reward.LeaderData`).
         batch: the follower's on-policy transitions of the phase just finished (within-episode time indices
             included); ``None`` only when a rule is driven without a follower phase (unit checks).
         iteration: the outer iteration; ``0`` is the warm-up.
@@ -56,6 +58,17 @@ class LeaderStep:
 
         if not isinstance(self.data, PreferenceBuffer):
             raise TypeError(f"this rule needs objective=preferences; got data of type {type(self.data).__name__}")
+        return self.data
+
+    @property
+    def leader(self) -> LeaderData:
+        """``data`` as the leader-reward objective's live data (raises for another objective)."""
+        from bilevel_rl.objectives.leader_reward import LeaderData
+
+        if not isinstance(self.data, LeaderData):
+            raise TypeError(
+                f"this rule path needs objective=leader_reward; got data of type {type(self.data).__name__}"
+            )
         return self.data
 
     @property
@@ -96,13 +109,22 @@ class UpperRule(ABC):
         """
         return {}
 
+    @classmethod
+    def objective_problem(cls, params: Any, objective: str) -> str | None:
+        """Why this rule cannot optimise ``objective`` under ``params`` (``None``: it can); checked before building."""
+        if objective not in cls.objectives:
+            return f"upper={cls.name} optimises objective={' or objective='.join(cls.objectives)} only"
+        return None
+
     def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
         """Connect the rule to the follower, the leader's model and the objective's live data; install hooks.
 
         Raises:
             CapabilityError: the live follower lacks something :meth:`requirements` asks for.
         """
-        required = self.requirements(getattr(self, "config", None))
+        required = dict(self.requirements(getattr(self, "config", None)))
+        if configured_temperature(data) is not None:
+            required.pop(Capability.TEMPERATURE, None)
         if required:
             check_compatible(self.name, required, type(follower).__name__, follower.capabilities)
         self.follower = follower
@@ -125,6 +147,12 @@ class UpperRule(ABC):
         """Restore from :meth:`state_dict`."""
 
 
+def configured_temperature(data: Any) -> float | None:
+    """``objective.follower_temperature`` when the objective's data carries one (it replaces the follower's own)."""
+    config = getattr(data, "config", None)
+    return getattr(config, "follower_temperature", None)
+
+
 RULES: dict[str, tuple[str, str, str]] = {
     "drlhf": ("bilevel_rl.upper.drlhf", "DRLHF", "DRLHFConfig"),
     "true_reward": ("bilevel_rl.upper.true_reward", "TrueReward", "TrueRewardConfig"),
@@ -134,6 +162,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "hpgd": ("bilevel_rl.upper.hpgd", "HPGD", "HPGDConfig"),
     "ppa": ("bilevel_rl.upper.ppa", "PPA", "PPAConfig"),
     "hessian_free": ("bilevel_rl.upper.hessian_free", "HessianFree", "HessianFreeConfig"),
+    "meta_gradient": ("bilevel_rl.upper.meta_gradient", "MetaGradient", "MetaGradientConfig"),
 }
 """Config name → (module, rule class, hyperparameter dataclass)."""
 

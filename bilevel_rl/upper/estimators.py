@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -74,7 +75,8 @@ def expected_policy_reward(
     """``E_{a'~π(·|s)}[r_φ(s, a')]`` for a flat batch ``(N, *obs_shape)`` → ``(N,)``, differentiable in ``φ``.
 
     Discrete actions: the exact sum ``Σ_a π(a|s) r_φ(s, a)``. Continuous: the mean over ``num_samples`` actions
-    drawn from the follower's current policy with ``generator`` (no gradient flows to the policy).
+    drawn from the follower's current policy with ``generator`` (no gradient flows to the policy), clipped to the
+    action space as the environment clips them.
     """
     dist = follower.action_dist(obs)
     if isinstance(dist, torch.distributions.Categorical):
@@ -87,6 +89,11 @@ def expected_policy_reward(
         rewards = model(obs.repeat_interleave(num_actions, dim=0), all_actions).reshape(n, num_actions)
         return (probs.to(rewards.dtype) * rewards).sum(dim=1)
     samples = sample_actions(dist, num_samples, generator)  # (K, N, *act_shape)
+    space = follower.action_space
+    if isinstance(space, gym.spaces.Box):  # the env executes clipped actions (PPO/A2C Gaussians are unbounded)
+        low = torch.as_tensor(space.low, device=samples.device, dtype=samples.dtype)
+        high = torch.as_tensor(space.high, device=samples.device, dtype=samples.dtype)
+        samples = torch.maximum(torch.minimum(samples, high), low)
     k, n = samples.shape[:2]
     rep = obs.unsqueeze(0).expand(k, *obs.shape).reshape(k * n, *obs.shape[1:])
     rewards = model(rep, samples.reshape(k * n, *samples.shape[2:]).to(obs.dtype)).reshape(k, n)
@@ -143,6 +150,15 @@ def live_temperature(follower: Follower, rule: str) -> float:
             "(SAC alpha, PPO/A2C follower.algo_kwargs.ent_coef, tabular tau)"
         )
     return lam
+
+
+def rule_temperature(follower: Follower, configured: float | None, rule: str) -> float:
+    """The ``λ`` a rule divides by: ``configured`` when set, else the follower's live temperature (must be > 0).
+
+    ``objective.follower_temperature`` configures it for followers without an entropy temperature (PPO/A2C with
+    ``ent_coef = 0``) under ``objective=leader_reward``.
+    """
+    return float(configured) if configured is not None else live_temperature(follower, rule)
 
 
 def rule_discount(follower: Follower, configured: float | None) -> float:

@@ -46,7 +46,7 @@ from typing_extensions import override
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import pair_losses
-from bilevel_rl.upper.penalty import PenaltyFollowerConfig, PenaltyInputs, PenaltyRule
+from bilevel_rl.upper.penalty import PenaltyFollowerConfig, PenaltyInputs, PenaltyRule, PreferencePolicyLoss
 from bilevel_rl.upper.preference_rule import Surrogate
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class HessianFree(PenaltyRule):
             return self.bt_surrogate(pairs)
         assert self.reward_model is not None and self.best_response is not None and self.follower is not None
         bce, returns, labels = pair_losses(self.reward_model, pairs)
+        assert isinstance(self.policy_loss, PreferencePolicyLoss)
         with torch.no_grad():
             log_w = self.policy_loss.log_probs(self.best_response.follower, pairs, grad=False)
             log_w = log_w - self.policy_loss.log_probs(self.follower, pairs, grad=False)

@@ -33,6 +33,18 @@ update is the gradient of one surrogate (detached weights times rewards). Two es
   that begin mid-episode also drop the shift of their start-state distribution (the pairs do not hold the steps
   before them).
 
+Under ``objective=leader_reward`` (reward shaping) the rule follows eq. (8) directly (:mod:`bilevel_rl.upper.shaping`):
+with the leader's advantages ``Ā_t`` from the objective's critic and ``ω_t = γ_L^t`` (``discount_states``; else 1
+and the mean over steps, the usual policy-gradient state weighting: ``objective.state_weighting``),
+
+    ∇J ≈ (1/n) Σ_t ω_t [(σ/λ) Ā_t ∂̂Q_f(s_t, a_t)/σ − β ∇cost(σ r̃_t)],
+    ∂̂Q_f/σ = Σ_{k≥t} (γ_F κ)^{k−t} ∇r̃_k − E_{a'}∇r̃(s_t, a'),
+
+the trajectory form (HPGD §5.3-style vector–Jacobian product: one surrogate ``Σ_k c_k r̃_k``). With an exact ``Ā``
+and ``κ = 1`` it is unbiased up to the episode truncation (the tabular check); ``κ = 0`` keeps only the first step of
+``∂Q_f`` (bias measured in tests/test_shaping_exact.py); a critic's ``Ā`` built from the same trajectory (GAE)
+correlates with the trace and adds a bias that the paper avoids with independent rollouts (Alg. 5).
+
 Choices (not in the paper): ``λ`` is read from ``follower.temperature`` at every leader step (SAC's α moves);
 when the reward model normalises its output the follower sees ``scale · r_φ``, so the weight is ``scale/λ``; the
 implicit term uses only the pairs of the current iteration (``implicit_pairs=current``: the correction is
@@ -52,6 +64,7 @@ from typing_extensions import override
 from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
+from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import (
@@ -63,8 +76,10 @@ from bilevel_rl.upper.estimators import (
     pair_losses,
     reward_scale,
     rule_discount,
+    rule_temperature,
 )
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate, positive
+from bilevel_rl.upper.shaping import direct_cost_loss, score_surrogate
 
 
 @dataclass
@@ -109,6 +124,7 @@ class HPGD(PreferenceRule):
     """HPGD's hypergradient on the Bradley–Terry hyper-objective (module docstring, eq. HPGD-RLHF)."""
 
     name = "hpgd"
+    objectives = ("preferences", "leader_reward")
 
     def __init__(self, config: HPGDConfig) -> None:
         super().__init__()
@@ -132,10 +148,18 @@ class HPGD(PreferenceRule):
             req[Capability.GAMMA] = "upper.gamma=null; set upper.gamma"
         return req
 
+    @classmethod
+    @override
+    def objective_problem(cls, params: Any, objective: str) -> str | None:
+        if objective == "leader_reward" and params is not None and params.estimator == "generative":
+            return "upper.estimator=generative is for objective=preferences; use upper.estimator=trajectory"
+        return super().objective_problem(params, objective)
+
     @override
     def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
         super().attach(follower, reward_model, data)
-        live_temperature(follower, self.name)
+        leader = data if isinstance(data, LeaderData) else None
+        rule_temperature(follower, leader.config.follower_temperature if leader else None, self.name)
         self.gamma = rule_discount(follower, self.config.gamma) if self._needs_gamma(self.config) else 0.0
 
     @override
@@ -160,6 +184,29 @@ class HPGD(PreferenceRule):
             "upper/implicit_grad_norm": grad_norm(implicit, params),
         }
         return Surrogate(direct + implicit, returns, labels, terms)
+
+    @override
+    def leader_loss(self, data: LeaderBatch, step: LeaderStep, prepared: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Minus the eq. (8) surrogate (module docstring), plus the direct cost term."""
+        assert self.reward_model is not None and self.follower is not None
+        model, c = self.reward_model, self.config
+        objective = step.leader.config
+        lam = rule_temperature(self.follower, objective.follower_temperature, self.name)
+        sigma = follower_scale(model, self.follower.reward_mix)
+        omega, norm = data.state_weights(objective.state_weighting == "discounted")
+        weights = omega * data.advantages * (sigma / lam)
+        implicit = (
+            score_surrogate(model, self.follower, data, weights, self.gamma * c.trace, c.action_samples, step.generator)
+            / norm
+        )
+        cost = direct_cost_loss(model, data, step.leader, omega) / norm
+        params = [p for p in model.parameters() if p.requires_grad]
+        terms = {
+            "upper/temperature": lam,
+            "upper/implicit_grad_norm": grad_norm(implicit, params),
+            "upper/cost": float(cost.detach()),
+        }
+        return cost - implicit, terms
 
     def _trajectory_term(self, pairs: PreferencePairs, w: torch.Tensor, step: LeaderStep) -> torch.Tensor:
         """``Σ_k c_k r(s_k, a_k) − Σ_t w_t E_{a'~π} r(s_t, a')`` with ``c_k = w_k + γκ c_{k−1}`` per segment."""

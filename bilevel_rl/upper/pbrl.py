@@ -30,6 +30,13 @@ in both variables, with the penalty gradients in closed form at a best response 
 
 Alg. 1's "penalty constant γ" (line 1) is λ and its line 6 lost the minus sign of (4.4): we descend ``F_λ``.
 The two-follower machinery is :mod:`bilevel_rl.upper.penalty` (shared with the Hessian-free method).
+
+``objective=leader_reward`` (reward shaping, the case in which ``x`` moves only through the penalty): the same
+descent on ``F_λ = f + λ p_V`` with ``f = −J̄`` (the leader's return of its own reward): the leader steps on
+``λ σ (∇DR(π̂) − ∇DR(π_y))`` plus a shaping cost's direct term, the main follower ``π_y`` trains on its shaped
+reward plus the extra loss ``(1/λ)·(−Ā log π_y)`` with the leader's advantages, and the best response ``π̂``
+trains on the shaped reward only: ``π̂`` is the follower a shaping designer would deploy (its training return is
+logged as ``upper/best_response/ep_true_return``), ``π_y`` also sees the leader's reward through its extra loss.
 """
 
 from __future__ import annotations
@@ -109,7 +116,19 @@ class PBRL(PenaltyRule):
     """PBRL with the value or the Bellman penalty (see the module docstring)."""
 
     name = "pbrl"
+    objectives = ("preferences", "leader_reward")
     config: PBRLConfig
+
+    @classmethod
+    @override
+    def objective_problem(cls, params: Any, objective: str) -> str | None:
+        if objective == "leader_reward" and params is not None and params.penalty != "value":
+            return "upper.penalty=bellman is for objective=preferences; use upper.penalty=value (reward shaping)"
+        if objective == "leader_reward" and params is not None and params.penalty_hinge:
+            return "upper.penalty_hinge=true reads the sign of the shaping part of p only; use upper=pbrl_shaping"
+        if objective == "leader_reward" and params is not None and params.best_response == "shared":
+            return "upper.best_response=shared makes the penalty's gradient zero; use upper.best_response=separate"
+        return super().objective_problem(params, objective)
 
     def __init__(self, config: PBRLConfig) -> None:
         self.config = config

@@ -23,10 +23,12 @@ from bilevel_rl.data.preference_buffer import PreferenceBuffer
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import Follower
+from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import discounted_return_surrogate, pair_losses, rule_discount
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate, positive
+from bilevel_rl.upper.shaping import direct_cost_loss, normalised_advantages
 
 
 @dataclass
@@ -38,6 +40,7 @@ class PenaltyFollowerConfig(LeaderOptimConfig):
             follower, i.e. train it up to the main follower's step count).
         best_response_seed: seed of the spawned best response (``None``: the follower's seed + 1).
         policy_loss_pairs: pairs per call of the follower's extra policy loss (redrawn at each call).
+        policy_loss_steps: ``objective=leader_reward``: steps of the newest batch per call of that loss.
         policy_loss_source: ``latest`` (pairs of the newest phase) or ``buffer`` (all stored pairs).
         policy_loss_scale: multiplies the extra loss's coefficient (units of the follower's policy loss).
         baseline: ``batch_mean`` (``b`` = mean loss of the drawn pairs) or ``none``.
@@ -57,6 +60,7 @@ class PenaltyFollowerConfig(LeaderOptimConfig):
     best_response_steps: int | None = None
     best_response_seed: int | None = None
     policy_loss_pairs: int = 16
+    policy_loss_steps: int = 256
     policy_loss_source: Literal["latest", "buffer"] = "latest"
     policy_loss_scale: float = 1.0
     baseline: Literal["batch_mean", "none"] = "batch_mean"
@@ -66,7 +70,7 @@ class PenaltyFollowerConfig(LeaderOptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self, "best_response_steps", "policy_loss_pairs")
+        positive(self, "best_response_steps", "policy_loss_pairs", "policy_loss_steps")
         positive(self, "policy_loss_scale", strict=False)
         if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"upper.gamma: must be in [0, 1) or null, got {self.gamma}")
@@ -85,7 +89,7 @@ class BestResponse:
     def __init__(self, follower: Follower, reward_model: RewardModel, seed: int | None, steps: int | None) -> None:
         self.main = follower
         self.follower = follower.spawn(int(getattr(follower, "seed", 0)) + 1 if seed is None else seed)
-        self.follower.set_reward_model(reward_model)
+        self.follower.set_reward_model(reward_model, follower.reward_mix)
         self.steps = steps
 
     def train(self) -> tuple[TrajectoryBatch, dict[str, float]]:
@@ -172,6 +176,63 @@ class PreferencePolicyLoss:
         self.indices = np.asarray(state["indices"], dtype=np.int64)
 
 
+class LeaderPolicyLoss:
+    """``objective=leader_reward``: the main follower's extra loss ``coef · (−mean_j Ā_j log π_y(a_j|s_j))``.
+
+    Its policy gradient is ``coef · ∇_y f`` for the leader's loss ``f = −J̄`` (the policy-gradient theorem with the
+    leader's advantages from the objective's critic), so the main follower descends ``F_λ / λ`` as in the RLHF case.
+    The newest leader batch's steps and advantages (scaled to unit standard deviation, as PPO scales its own) are
+    kept from the last leader update (checkpointed) and ``policy_loss_steps`` of them are redrawn at every call.
+
+    Args:
+        config: the penalty settings.
+        coefficient: ``() -> coef`` read at every call.
+    """
+
+    def __init__(self, config: PenaltyFollowerConfig, coefficient: Any) -> None:
+        self.config = config
+        self.coefficient = coefficient
+        self.follower: Follower | None = None
+        self.obs = np.zeros(0)
+        self.actions = np.zeros(0)
+        self.advantages = np.zeros(0)
+        self.rng = np.random.default_rng(0)
+
+    def install(self, follower: Follower, reward_model: RewardModel, data: Any) -> None:
+        """Hook into ``follower``'s policy update."""
+        self.follower = follower
+        follower.set_extra_policy_loss(self)
+
+    def refresh(self, step: LeaderStep) -> None:
+        """Keep the newest batch's steps and scaled advantages; re-seed the draws."""
+        latest = step.leader.require("pbrl")
+        self.obs, self.actions = latest.batch.flat_obs(), latest.batch.flat_actions()
+        self.advantages = normalised_advantages(latest).reshape(-1)
+        self.rng = np.random.default_rng(int(step.rng.integers(2**63)))
+
+    def __call__(self) -> torch.Tensor:
+        """The loss value with its graph in the follower's policy parameters."""
+        coef = self.coefficient() * self.config.policy_loss_scale
+        if self.follower is None or len(self.advantages) == 0 or coef == 0.0:
+            return torch.zeros((), requires_grad=True)
+        idx = self.rng.integers(len(self.advantages), size=self.config.policy_loss_steps)
+        logp = self.follower.action_dist(self.obs[idx], grad=True).log_prob(torch.as_tensor(self.actions[idx]))
+        if self.config.log_prob_min is not None:
+            logp = logp.clamp_min(self.config.log_prob_min)
+        adv = torch.as_tensor(self.advantages[idx], device=logp.device, dtype=logp.dtype)
+        return -coef * (adv * logp).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept steps and the draw generator."""
+        return {"rng": self.rng.bit_generator.state, "obs": self.obs, "actions": self.actions, "adv": self.advantages}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["rng"]
+        self.obs, self.actions = np.asarray(state["obs"]), np.asarray(state["actions"])
+        self.advantages = np.asarray(state["adv"])
+
+
 @dataclass
 class PenaltyInputs:
     """What one penalty update computes before its minibatches.
@@ -202,7 +263,9 @@ class PenaltyRule(PreferenceRule):
     def __init__(self) -> None:
         super().__init__()
         self.best_response: BestResponse | None = None
-        self.policy_loss = PreferencePolicyLoss(self.config, self.policy_loss_coefficient)
+        self.policy_loss: PreferencePolicyLoss | LeaderPolicyLoss = PreferencePolicyLoss(
+            self.config, self.policy_loss_coefficient
+        )
         self.gamma = 0.99
         self.iteration = 0  # read by the coefficients between leader updates (λ_k of the current iteration)
 
@@ -235,6 +298,8 @@ class PenaltyRule(PreferenceRule):
             self.best_response = BestResponse(
                 follower, reward_model, self.config.best_response_seed, self.config.best_response_steps
             )
+        if isinstance(data, LeaderData):
+            self.policy_loss = LeaderPolicyLoss(self.config, self.policy_loss_coefficient)
         self.policy_loss.install(follower, reward_model, data if isinstance(data, PreferenceBuffer) else None)
 
     @override
@@ -291,6 +356,28 @@ class PenaltyRule(PreferenceRule):
             if active:
                 s.loss = s.loss + self.penalty_coefficient() * pen
         return s
+
+    @override
+    def leader_loss(
+        self, data: LeaderBatch, step: LeaderStep, prepared: PenaltyInputs | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``objective=leader_reward``: ``∂_x f + λ ∇_x p̂``; ``f = −J̄`` depends on ``x`` only through a cost.
+
+        ``x`` moves through the penalty (the follower receives ``σ r̃``, so ``p̂`` carries ``σ``) and the direct cost
+        term (discounted from the episode start, as the penalty's returns).
+        """
+        assert self.reward_model is not None
+        model = self.reward_model
+        omega, norm = data.state_weights(discounted=True)
+        loss = direct_cost_loss(model, data, step.leader, omega) / norm
+        terms: dict[str, float] = {"upper/cost": float(loss.detach())}
+        if prepared is not None:
+            pen = follower_scale(model, step.leader.mix) * self.penalty_surrogate(prepared)
+            active = not (self.config.penalty_hinge and float(pen.detach()) <= 0.0)
+            terms["upper/penalty_active"] = float(active)
+            if active:
+                loss = loss + self.penalty_coefficient() * pen
+        return loss, terms
 
     @override
     def rule_state(self) -> dict[str, Any]:

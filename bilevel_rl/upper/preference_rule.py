@@ -1,5 +1,9 @@
 """The minibatch loop of every preference-based leader rule, and the optimiser settings they share.
 
+Under ``objective=leader_reward`` (reward shaping) the same rule classes take full-batch steps on
+:meth:`PreferenceRule.leader_loss` instead (:func:`~bilevel_rl.upper.shaping.leader_reward_update`); a rule that
+lists ``leader_reward`` in ``objectives`` implements it.
+
 A rule implements :meth:`PreferenceRule.surrogate` — one minibatch's loss whose gradient w.r.t. the reward
 parameters is the rule's update direction — and, when it needs per-update work (train a best response, build a
 Hessian graph), :meth:`PreferenceRule.prepare`, whose result is handed to every ``surrogate`` call of that update.
@@ -20,10 +24,12 @@ from typing_extensions import override
 
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
+from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.schema import check_dataclass, check_range
 from bilevel_rl.upper.base import LeaderStep, UpperRule
 from bilevel_rl.upper.estimators import pair_losses
+from bilevel_rl.upper.shaping import leader_reward_update
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,13 @@ class PreferenceRule(UpperRule):
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
         """The loss of one minibatch of pairs (``step.batch``: the follower's latest on-policy transitions)."""
 
+    def leader_loss(self, data: LeaderBatch, step: LeaderStep, prepared: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one full-batch leader step under ``objective=leader_reward`` and its diagnostics.
+
+        Descending it ascends the leader's objective (HPGD eq. (7)); ``prepared`` is :meth:`prepare`'s result.
+        """
+        raise NotImplementedError(f"upper={self.name} has no objective=leader_reward form")
+
     def after_step(self, step: LeaderStep) -> None:  # noqa: B027 - optional hook
         """Hook run after each optimiser step."""
 
@@ -126,6 +139,9 @@ class PreferenceRule(UpperRule):
     def update(self, step: LeaderStep) -> dict[str, float]:
         if self.reward_model is None or self.optimizer is None:
             raise RuntimeError(f"{type(self).__name__}.update called before attach()")
+        if isinstance(step.data, LeaderData):
+            prepared, out = self.prepare(step)
+            return out | leader_reward_update(self, step, lambda data: self.leader_loss(data, step, prepared))
         buffer, model, opt = step.preferences, self.reward_model, self.optimizer
         model.train()
         prepared, out = (None, {}) if step.warmup else self.prepare(step)

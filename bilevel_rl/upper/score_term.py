@@ -43,8 +43,15 @@ from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.objectives.preferences import bradley_terry_loss
 from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.upper.base import LeaderStep
-from bilevel_rl.upper.estimators import live_temperature, pair_tensors, reward_scale, rule_discount, sample_actions
+from bilevel_rl.upper.base import LeaderStep, configured_temperature
+from bilevel_rl.upper.estimators import (
+    live_temperature,
+    pair_tensors,
+    reward_scale,
+    rule_discount,
+    rule_temperature,
+    sample_actions,
+)
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -167,9 +174,9 @@ class ScoreTerm:
                 req[Capability.GAMMA] = "upper.estimator=rollout with upper.gamma=null; set upper.gamma"
         return req
 
-    def attach(self, follower: Follower, rule: str) -> None:
+    def attach(self, follower: Follower, rule: str, temperature: float | None = None) -> None:
         """Check the live temperature and fix the rollout discount."""
-        live_temperature(follower, rule)
+        rule_temperature(follower, temperature, rule)
         if self.config.estimator == "rollout":
             self.gamma = rule_discount(follower, self.config.gamma)
 
@@ -260,4 +267,4 @@ class ScoreTermRule(PreferenceRule):
     @override
     def attach(self, follower: Follower, reward_model: RewardModel, data: Any = None) -> None:
         super().attach(follower, reward_model, data)
-        self.score.attach(follower, self.name)
+        self.score.attach(follower, self.name, configured_temperature(data))

@@ -25,7 +25,14 @@ from typing_extensions import override
 
 from bilevel_rl.capabilities import Capability
 from bilevel_rl.data.trajectories import TrajectoryBatch
-from bilevel_rl.followers.base import ExtraPolicyLoss, Follower, Rollouts, TransitionRecorder
+from bilevel_rl.followers.base import (
+    ExtraPolicyLoss,
+    Follower,
+    LeaderStepReward,
+    RewardMix,
+    Rollouts,
+    TransitionRecorder,
+)
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.schedules import polynomial_decay
 from bilevel_rl.tabular.core.sampling import CategoricalTable, EnvBatch, Simulator, generator_from, rollout
@@ -107,17 +114,23 @@ class TabularFollower(Follower):
 
     # ------------------------------------------------------------------ seam
     @override
-    def set_reward_model(self, reward_model: RewardModel) -> None:
+    def set_reward_model(self, reward_model: RewardModel, mix: RewardMix | None = None) -> None:
         self.reward_model = reward_model
+        self._reward_mix = mix or RewardMix()
 
     def reward_table(self) -> torch.Tensor:
-        """The current learned reward on every (s, a), as the follower sees it (``relabel``: eval, no grad)."""
+        """The reward the follower trains on, on every (s, a): ``mix.model · relabel + mix.env · true_reward``.
+
+        The tabular environment's own reward is its true reward (no delay wrapper), so ``r_visible = true_reward``.
+        """
         if self.reward_model is None:
             raise RuntimeError("set_reward_model() must be called before learning")
         S, A = self.mdp.num_states, self.mdp.num_actions
         obs = torch.eye(S, dtype=torch.float32).repeat_interleave(A, dim=0)
         actions = torch.arange(A).repeat(S)
-        return self.reward_model.relabel(obs, actions).to(DTYPE).reshape(S, A)
+        mix = self.reward_mix
+        learned = self.reward_model.relabel(obs, actions).to(DTYPE).reshape(S, A)
+        return mix.model * learned + mix.env * self.true_reward if mix != RewardMix() else learned
 
     @override
     def collect(self, steps: int) -> TrajectoryBatch:
@@ -151,7 +164,7 @@ class TabularFollower(Follower):
     def spawn(self, seed: int) -> TabularFollower:
         new = type(self)(self.mdp, self.true_reward, self.config, seed, **self._spawn_kwargs())
         if self.reward_model is not None:
-            new.set_reward_model(self.reward_model)
+            new.set_reward_model(self.reward_model, self.reward_mix)
         return new
 
     @override
@@ -171,8 +184,10 @@ class TabularFollower(Follower):
         )
 
     @override
-    def evaluate(self, episodes: int, seed: int) -> dict[str, float]:
+    def evaluate(self, episodes: int, seed: int, leader_reward: LeaderStepReward | None = None) -> dict[str, float]:
         """Exact values of the current policy (no sampling; ``episodes`` and ``seed`` are unused)."""
+        if leader_reward is not None:
+            raise NotImplementedError("tabular followers evaluate the true reward only (no leader reward function)")
         _, v_true = policy_evaluation(self.pi, self.true_reward, self.mdp, regularised=False)
         opt = solve_soft(self.true_reward, self.mdp)
         return {
@@ -205,6 +220,11 @@ class TabularFollower(Follower):
                 on_step(s, a, step.next_states.numpy())
                 table = acting()
             self._steps += len(s)
+
+    def sample(self, steps_per_env: int) -> TrajectoryBatch:
+        """``steps_per_env`` recorded steps of the current policy without learning; return them."""
+        self._rollout(steps_per_env)
+        return self.recorder.batch(steps_per_env)
 
     @override
     def learn(self, steps: int) -> dict[str, float]:
