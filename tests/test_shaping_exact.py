@@ -41,7 +41,7 @@ def test_hpgd_full_trace_with_l2_cost_matches_exact():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_first_step_estimators_match_their_expectation_and_their_bias_is_measured(seed):
-    """HPGD kappa = 0 and SoBiRL's truncated eq. (99) estimate the same first-step quantity, 19-23% off the exact one."""
+    """HPGD kappa = 0 and SoBiRL's truncated eq. (99) estimate one first-step quantity, 19-23% off the exact one."""
     lab = make_shaping_lab(seed=seed)
     first = first_step_expectation(lab)
     exact = lab.exact_gradient()
