@@ -224,7 +224,9 @@ def test_on_policy_follower_keeps_its_initial_policy_until_learning_starts(algo)
 
 
 # ---------------------------------------------------------------------------------------------- classes and registry
-SB3_CAPS = set(Capability) - {Capability.TEMPERATURE, Capability.GENERATIVE_MODEL}  # what every SB3 follower has
+SB3_CAPS = set(Capability) - {Capability.TEMPERATURE, Capability.GENERATIVE_MODEL, Capability.POLICY_LOOKAHEAD}
+"""What every SB3 follower has; PPO and A2C add POLICY_LOOKAHEAD (ON_POLICY_CAPS)."""
+ON_POLICY_CAPS = SB3_CAPS | {Capability.POLICY_LOOKAHEAD}
 
 
 def test_registry_maps_names_to_classes():
@@ -251,20 +253,20 @@ def test_sac_followers_declare_a_temperature(name):
 @pytest.mark.parametrize("name", ["ppo", "a2c"])
 def test_on_policy_followers_declare_a_temperature_only_with_an_entropy_bonus(name):
     cls = follower_class(name)
-    assert cls.declared_capabilities(None) == SB3_CAPS  # SB3's default ent_coef is 0
-    assert cls.declared_capabilities({"name": name, "algo_kwargs": {"ent_coef": 0.0}}) == SB3_CAPS
+    assert cls.declared_capabilities(None) == ON_POLICY_CAPS  # SB3's default ent_coef is 0
+    assert cls.declared_capabilities({"name": name, "algo_kwargs": {"ent_coef": 0.0}}) == ON_POLICY_CAPS
     assert Capability.TEMPERATURE not in cls.declared_capabilities({"name": name, "algo_kwargs": {}})
     with_bonus = cls.declared_capabilities({"name": name, "algo_kwargs": {"ent_coef": 0.01}})
-    assert with_bonus == frozenset(SB3_CAPS | {Capability.TEMPERATURE})
+    assert with_bonus == frozenset(ON_POLICY_CAPS | {Capability.TEMPERATURE})
     assert Capability.GENERATIVE_MODEL not in with_bonus
 
 
 def test_live_capabilities_follow_the_entropy_coefficient():
     f, _ = _follower("ppo", algo_kwargs={"ent_coef": 0.01})
-    assert f.capabilities == frozenset(SB3_CAPS | {Capability.TEMPERATURE})
+    assert f.capabilities == frozenset(ON_POLICY_CAPS | {Capability.TEMPERATURE})
     assert f.config_params["algo_kwargs"]["ent_coef"] == 0.01 and f.config_params["name"] == "ppo"
     f.model.ent_coef = 0.0
-    assert f.capabilities == SB3_CAPS and f.temperature == 0.0
+    assert f.capabilities == ON_POLICY_CAPS and f.temperature == 0.0
     g, _ = _follower("a2c")
     assert Capability.TEMPERATURE not in g.capabilities
     h, _ = _follower("sac")

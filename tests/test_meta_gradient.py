@@ -50,7 +50,7 @@ def test_meta_gradient_matches_finite_differences_of_the_explicit_lookahead():
         g0 = discounted_sums(shaped0, batch.dones, f.gamma * 0.95).reshape(-1)
 
     def explicit(eps: float) -> float:
-        """L_ex(θ − α ∇_θ L_in(θ, φ0 + eps·v)) with L_in built from the change of the shaping return (no linearisation)."""
+        """L_ex(θ − α ∇_θ L_in(θ, φ0 + eps·v)), L_in from the change of the shaping return (no linearisation)."""
         with torch.no_grad():
             for p, b, d in zip(params, base, direction, strict=True):
                 p.copy_(b + eps * d)

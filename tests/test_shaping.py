@@ -1,4 +1,4 @@
-"""objective=leader_reward end to end: the follower's reward mix, the leader critic, the rules' runs, refusals, resume."""
+"""objective=leader_reward end to end: reward mix, leader critic, every rule's run, refusals, resume."""
 
 import math
 import sys

@@ -1,0 +1,234 @@
+"""Aggregate delayed-reward shaping runs into a markdown table, rliable IQM with 95% CIs, and a PNG of the curves.
+
+Usage:
+    python scripts/aggregate_shaping.py runs/shaping [--out docs/results/shaping_delayed_mujoco.md] [--reps 2000]
+
+Reads every ``metrics.csv`` under the directory whose ``run_config.yaml`` names the env, rule and seed (the layout of
+``scripts/run_shaping_jobs.sh``). Rows: ``dense`` (``upper=true_reward`` on the dense reward: the ceiling),
+``delayed`` (``upper=true_reward`` on the delayed reward, no shaping: the floor) and one row per shaping rule. Per
+run the score is the mean ``eval/true_return`` (dense reward, deterministic policy) of its last ``--last`` evaluations.
+The aggregate normalises each env's scores as the fraction of the floor-to-ceiling gap recovered,
+``(R − R_delayed) / (R_dense − R_delayed)`` with the two baselines' mean scores, and rliable's stratified bootstrap
+gives IQM and mean with 95% CIs over all runs of a row (all envs together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ORDER = ["dense", "delayed", "meta_gradient", "hpgd", "sobirl", "pbrl"]
+
+
+def row_label(cfg: dict) -> str:
+    """``dense`` / ``delayed`` for the baselines, else the rule's name (``sobirl_shaping`` → ``sobirl``)."""
+    name = cfg["upper"]["name"]
+    if name == "true_reward":
+        return "dense" if cfg["env"]["visible_reward"]["kind"] == "dense" else "delayed"
+    return name
+
+
+def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
+    """One row per run (score, completeness, wall time) and the eval curves by (env, row)."""
+    rows, curves = [], {}
+    for metrics in sorted(root.rglob("metrics.csv")):
+        cfg_path = metrics.parent / "run_config.yaml"
+        if not cfg_path.exists():
+            continue
+        cfg = yaml.safe_load(cfg_path.read_text())
+        df = pd.read_csv(metrics)
+        if df.empty or "eval/true_return" not in df:
+            continue
+        evals = df.dropna(subset=["eval/true_return"])
+        env, label = cfg["env"]["id"], row_label(cfg)
+        br = "upper/best_response/ep_true_return"
+        rows.append(
+            {
+                "row": label,
+                "env": env,
+                "seed": int(cfg["seed"]),
+                "steps": int(df["env_steps"].max()),
+                "complete": int(df["env_steps"].max()) >= int(cfg["trainer"]["total_steps"]),
+                "score": float(evals["eval/true_return"].iloc[-last:].mean()),
+                "best_response": float(df[br].dropna().iloc[-last:].mean())
+                if br in df and df[br].notna().any()
+                else np.nan,
+                "shaping_abs": float(df["shaping/mean_abs"].dropna().iloc[-1]) if "shaping/mean_abs" in df else np.nan,
+                "shaping_corr": float(df["shaping/dense_reward_corr"].dropna().iloc[-1])
+                if "shaping/dense_reward_corr" in df and df["shaping/dense_reward_corr"].notna().any()
+                else np.nan,
+                "wall_min": float(df["time/total_s"].iloc[-1]) / 60,
+            }
+        )
+        curves.setdefault((env, label), []).append(evals[["env_steps", "eval/true_return"]])
+    return pd.DataFrame(rows), curves
+
+
+def mean_se(x: pd.Series, digits: int = 0) -> str:
+    """``mean ± SE`` (ddof 1), or ``n/a``."""
+    x = x.dropna()
+    if len(x) == 0:
+        return "n/a"
+    se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return f"{x.mean():.{digits}f} ± {se:.{digits}f}"
+
+
+def order_key(row: str) -> int:
+    return ORDER.index(row) if row in ORDER else len(ORDER)
+
+
+def gap_fractions(runs: pd.DataFrame) -> pd.Series:
+    """``(R − R_delayed) / (R_dense − R_delayed)`` per run, with each env's baseline means."""
+    out = pd.Series(np.nan, index=runs.index)
+    for env, sub in runs.groupby("env"):
+        floor = sub.loc[sub["row"] == "delayed", "score"].mean()
+        ceiling = sub.loc[sub["row"] == "dense", "score"].mean()
+        if np.isfinite(floor) and np.isfinite(ceiling) and ceiling != floor:
+            out[sub.index] = (sub["score"] - floor) / (ceiling - floor)
+    return out
+
+
+def tables(runs: pd.DataFrame, reps: int) -> tuple[str, dict]:
+    """Markdown tables and a JSON-able summary."""
+    runs = runs.assign(gap=gap_fractions(runs))
+    lines, summary = [], {}
+    for env in sorted(runs["env"].unique()):
+        sub = runs[runs["env"] == env]
+        lines += [
+            f"### {env}",
+            "",
+            "| row | seeds | env steps | true return (last evals) | gap recovered | best response (pbrl) | "
+            "mean abs shaping | corr(shaping, dense) | wall min/run |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in sorted(sub["row"].unique(), key=order_key):
+            r = sub[sub["row"] == row]
+            lines.append(
+                f"| {row} | {len(r)} | {int(r['steps'].min())} | {mean_se(r['score'])} | {mean_se(r['gap'], 2)} | "
+                f"{mean_se(r['best_response'])} | {r['shaping_abs'].mean():.3g} | {r['shaping_corr'].mean():.2f} | "
+                f"{r['wall_min'].mean():.0f} |"
+            )
+            summary.setdefault(env, {})[row] = {
+                "seeds": sorted(r["seed"].tolist()),
+                "scores": r["score"].tolist(),
+                "gap_recovered": r["gap"].tolist(),
+            }
+        lines.append("")
+    scores = {
+        row: runs.loc[runs["row"] == row, "gap"].dropna().to_numpy()[:, None]
+        for row in sorted(runs["row"].unique(), key=order_key)
+    }
+    scores = {k: v for k, v in scores.items() if len(v) >= 2}
+    if scores:
+        from rliable import library as rly
+        from rliable import metrics
+
+        def fn(x: np.ndarray) -> np.ndarray:
+            return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+        point, ci = rly.get_interval_estimates(scores, fn, reps=reps)
+        lines += [
+            "### Fraction of the delayed-to-dense gap recovered (rliable, all envs; 95% stratified-bootstrap CIs)",
+            "",
+            "| row | runs | IQM | IQM 95% CI | mean | mean 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in scores:
+            p, c = point[row], ci[row]
+            lines.append(
+                f"| {row} | {len(scores[row])} | {p[0]:.2f} | [{c[0, 0]:.2f}, {c[1, 0]:.2f}] | {p[1]:.2f} | "
+                f"[{c[0, 1]:.2f}, {c[1, 1]:.2f}] |"
+            )
+            summary.setdefault("aggregate", {})[row] = {"iqm": float(p[0]), "iqm_ci": c[:, 0].tolist()}
+        lines.append("")
+    return "\n".join(lines), summary
+
+
+def plot(curves: dict[tuple[str, str], list[pd.DataFrame]], path: Path) -> None:
+    """Mean ± SE of eval/true_return against env steps, one panel per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({env for env, _ in curves})
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for row in sorted({r for e, r in curves if e == env}, key=order_key):
+            runs = curves[(env, row)]
+            grid = np.unique(np.concatenate([c["env_steps"].to_numpy() for c in runs]))
+            ys = np.stack([np.interp(grid, c["env_steps"], c["eval/true_return"], right=np.nan) for c in runs])
+            mean, n = np.nanmean(ys, 0), np.sum(~np.isnan(ys), 0)
+            se = np.nanstd(ys, 0, ddof=1) / np.sqrt(np.maximum(n, 1)) if len(runs) > 1 else np.zeros_like(mean)
+            ax.plot(grid, mean, label=f"{row} ({len(runs)})")
+            ax.fill_between(grid, mean - se, mean + se, alpha=0.2)
+        ax.set_title(f"{env}, delayed reward (20 steps)")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval true return")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+ANALYSIS = "## Analysis"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="directory holding the runs (scripts/run_shaping_jobs.sh layout)")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown here (and .png, .json beside it)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    parser.add_argument("--last", type=int, default=3, help="evaluations averaged into a run's score")
+    parser.add_argument("--partial", action="store_true", help="include runs that have not reached total_steps")
+    args = parser.parse_args(argv)
+    runs, curves = load_runs(args.root, args.last)
+    if runs.empty:
+        print(f"no runs with metrics.csv and run_config.yaml under {args.root}", file=sys.stderr)
+        return 1
+    incomplete = runs[~runs["complete"]]
+    if not incomplete.empty and not args.partial:
+        print(
+            f"warning: {len(incomplete)} incomplete run(s) left out: "
+            f"{incomplete[['row', 'env', 'seed', 'steps']].to_dict('records')}",
+            file=sys.stderr,
+        )
+        runs = runs[runs["complete"]]
+        keep = set(zip(runs["env"], runs["row"], strict=True))
+        curves = {k: v for k, v in curves.items() if k in keep}
+    text, summary = tables(runs.reset_index(drop=True), args.reps)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        analysis = ""
+        if args.out.exists():
+            old = args.out.read_text()
+            if ANALYSIS in old:
+                analysis = old[old.index(ANALYSIS) :]
+        png = args.out.with_suffix(".png")
+        plot(curves, png)
+        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+        head = [
+            "# Learned reward shaping on delayed-reward MuJoCo (PPO follower)",
+            "",
+            f"Generated by `python scripts/aggregate_shaping.py {args.root} --out {args.out}` on "
+            f"{datetime.date.today()} ({platform.machine()}, {os.cpu_count()} CPUs); runs made by "
+            "`scripts/run_shaping_jobs.sh` (one torch thread each). Score: mean `eval/true_return` (dense reward, "
+            f"deterministic policy, 5 episodes) of the last {args.last} evaluations; curves: `{png.name}`.",
+            "",
+        ]
+        args.out.write_text("\n".join(head) + text + "\n" + analysis)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
