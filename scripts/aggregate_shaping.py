@@ -89,7 +89,7 @@ def order_key(row: str) -> int:
 def gap_fractions(runs: pd.DataFrame) -> pd.Series:
     """``(R − R_delayed) / (R_dense − R_delayed)`` per run, with each env's baseline means."""
     out = pd.Series(np.nan, index=runs.index)
-    for env, sub in runs.groupby("env"):
+    for _env, sub in runs.groupby("env"):
         floor = sub.loc[sub["row"] == "delayed", "score"].mean()
         ceiling = sub.loc[sub["row"] == "dense", "score"].mean()
         if np.isfinite(floor) and np.isfinite(ceiling) and ceiling != floor:
