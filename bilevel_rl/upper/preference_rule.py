@@ -108,7 +108,11 @@ class PreferenceRule(UpperRule):
         if c.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+            # fused: one kernel per step instead of a Python loop over tensors (same update; 10% of a DRLHF step on CPU)
+            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+            self.optimizer = torch.optim.AdamW(
+                params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, fused=fused or None
+            )
 
     def prepare(self, step: LeaderStep) -> tuple[Any, dict[str, float]]:
         """Per-update work before the epochs; its first value is passed to every :meth:`surrogate` call."""
