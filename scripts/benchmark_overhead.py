@@ -8,7 +8,9 @@ In one process, alternating the two ``--repeats`` times (median reported), one t
   ``learn(N)`` per outer iteration.
 
 Two ratios: the follower phases alone (sum of ``time/learn_s``), and the whole run (``time/total_s``: leader
-updates, pair queries, diagnostics and evaluation included).
+updates, pair queries, diagnostics and evaluation included). Where the leader's time goes: its minibatch steps are
+counted (an optimiser hook) and set against the *arithmetic floor*, the same model's Bradley–Terry forward,
+backward, clipping and AdamW step timed in a bare loop on one fixed minibatch of the run's own pairs.
 
     python scripts/benchmark_overhead.py --follower ppo --steps 49152 --env Hopper-v5
     python scripts/benchmark_overhead.py --follower sac --steps 20000 --env Hopper-v5
@@ -17,12 +19,14 @@ updates, pair queries, diagnostics and evaluation included).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
@@ -31,7 +35,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
 
 from bilevel_rl.config import compose
+from bilevel_rl.objectives.preferences import bradley_terry_loss
 from bilevel_rl.train import build_trainer
+from bilevel_rl.upper.estimators import pair_tensors
 
 PLAIN = {"sac": SAC, "ppo": PPO}
 
@@ -47,7 +53,32 @@ def plain(follower: str, env_id: str, steps: int, seed: int, kwargs: dict) -> fl
     return dt
 
 
-def bilevel(follower: str, env_id: str, steps: int, seed: int, steps_per_iter: int) -> tuple[pd.DataFrame, dict]:
+def leader_floor(trainer: object, repeats: int = 200) -> float:
+    """Seconds per leader minibatch step of bare arithmetic: BT loss, backward, clip, AdamW on one fixed batch."""
+    rule, buffer = trainer.rule, trainer.objective.data  # type: ignore[attr-defined]
+    model = copy.deepcopy(rule.reward_model)
+    keys = ("lr", "betas", "eps", "weight_decay", "fused")
+    opt = torch.optim.AdamW(model.parameters(), **{k: rule.optimizer.defaults[k] for k in keys})
+    pairs = buffer.get(np.arange(min(rule.config.batch_size, len(buffer))))
+    obs, actions, mask = pair_tensors(model, pairs)
+    labels = torch.as_tensor(pairs.labels)
+    max_norm = rule.config.max_grad_norm or float("inf")
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            loss = bradley_terry_loss(model.segment_returns(obs, actions, mask), labels).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            opt.step()
+        times.append((time.perf_counter() - t0) / repeats)
+    return statistics.median(times)
+
+
+def bilevel(
+    follower: str, env_id: str, steps: int, seed: int, steps_per_iter: int
+) -> tuple[pd.DataFrame, dict, int, float]:
     cfg = compose(
         [
             "exp=quickstart",
@@ -66,10 +97,14 @@ def bilevel(follower: str, env_id: str, steps: int, seed: int, steps_per_iter: i
     OmegaConf.set_struct(cfg, False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(cfg, Path(tmp))
+        leader_steps = [0]
+        trainer.rule.optimizer.register_step_post_hook(lambda *_: leader_steps.__setitem__(0, leader_steps[0] + 1))
         trainer.run()
         trainer.logger.close()
         trainer.follower.close()
-        return pd.read_csv(Path(tmp) / "metrics.csv"), OmegaConf.to_container(cfg.follower, resolve=True)
+        floor = leader_floor(trainer)
+        fcfg = OmegaConf.to_container(cfg.follower, resolve=True)
+        return pd.read_csv(Path(tmp) / "metrics.csv"), fcfg, leader_steps[0], floor
 
 
 def main() -> None:
@@ -83,9 +118,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    t_plain, t_learn, t_total, frames = [], [], [], []
+    t_plain, t_learn, t_total, t_leader, floors, frames = [], [], [], [], [], []
+    leader_steps = 0
     for _ in range(args.repeats):  # alternate the two, so drifts of the machine's load hit both alike
-        df, fcfg = bilevel(args.follower, args.env, args.steps, args.seed, args.steps_per_iter)
+        df, fcfg, leader_steps, floor = bilevel(args.follower, args.env, args.steps, args.seed, args.steps_per_iter)
+        t_leader.append(float(df["time/upper_s"].sum()))
+        floors.append(floor)
         kwargs = dict(fcfg["algo_kwargs"])
         kwargs["learning_rate"] = fcfg["learning_rate"]
         t_plain.append(plain(args.follower, args.env, args.steps, args.seed, kwargs))
@@ -105,6 +143,12 @@ def main() -> None:
     print("leader-side work per outer iteration (in the whole-run ratio):")
     for k, v in per_iter.items():
         print(f"  {k:<18} {v * 1000:8.1f} ms")
+    leader, floor = statistics.median(t_leader), statistics.median(floors)
+    print(f"leader updates (warm-up included): {leader:6.1f} s = {leader / p:.3f} of plain; {leader_steps} minibatch")
+    print(
+        f"  steps at {leader / leader_steps * 1000:.2f} ms; the bare arithmetic of one step (forward, backward, clip,"
+        f" AdamW) takes {floor * 1000:.2f} ms: {leader_steps * floor:.1f} s, {leader_steps * floor / leader:.0%} of it"
+    )
 
 
 if __name__ == "__main__":
