@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         runs = runs[runs["complete"]]
+        if runs.empty:
+            print("no complete runs (--partial includes the others)", file=sys.stderr)
+            return 1
         keep = set(zip(runs["env"], runs["row"], strict=True))
         curves = {k: v for k, v in curves.items() if k in keep}
     text, summary = tables(runs.reset_index(drop=True), args.reps)

@@ -1,0 +1,75 @@
+"""scripts/aggregate_shaping.py on fake runs: rows, gap fractions (final, all evaluations), settings apart."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(root: Path, name: str, rule: str, kind: str, follower: str, seed: int, returns: list[float]) -> None:
+    d = root / "hopper" / f"{name}_s{seed}"
+    d.mkdir(parents=True)
+    cfg = {
+        "upper": {"name": rule},
+        "env": {"id": "Hopper-v5", "visible_reward": {"kind": kind}},
+        "follower": {"name": follower},
+        "seed": seed,
+        "trainer": {"total_steps": 3000},
+    }
+    (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    frame = {
+        "env_steps": [1000, 2000, 3000],
+        "eval/true_return": returns,
+        "time/total_s": [1.0, 2.0, 60.0],
+    }
+    if rule != "true_reward":
+        frame |= {"shaping/mean_abs": [0.0, 0.1, 0.2], "shaping/dense_reward_corr": [0.0, 0.5, 0.5]}
+    pd.DataFrame(frame).to_csv(d / "metrics.csv", index=False)
+
+
+def test_gap_fractions_per_setting(tmp_path):
+    for seed in range(3):
+        # PPO: floor 100, ceiling 300 (final); the rule ends at 200 = half the gap, and is ahead all along
+        _fake_run(tmp_path, "dense", "true_reward", "dense", "ppo", seed, [0.0, 200.0, 300.0])
+        _fake_run(tmp_path, "delayed", "true_reward", "delayed", "ppo", seed, [0.0, 50.0, 100.0])
+        _fake_run(tmp_path, "hpgd", "hpgd", "delayed", "ppo", seed, [0.0, 200.0, 200.0])
+        # SAC: its own floor and ceiling; the rule recovers nothing there
+        _fake_run(tmp_path, "sac_dense", "true_reward", "dense", "sac", seed, [0.0, 10.0, 20.0])
+        _fake_run(tmp_path, "sac_delayed", "true_reward", "delayed", "sac", seed, [0.0, 5.0, 10.0])
+        _fake_run(tmp_path, "sac_hpgd", "hpgd", "delayed", "sac", seed, [0.0, 5.0, 10.0])
+    out = tmp_path / "result.md"
+    script = ROOT / "scripts" / "aggregate_shaping.py"
+    cmd = [sys.executable, str(script), str(tmp_path), "--out", str(out), "--reps", "100", "--last", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    ppo, sac = summary["Hopper-v5, PPO"], summary["Hopper-v5, SAC"]
+    assert ppo["hpgd"]["gap_recovered"] == pytest.approx([0.5] * 3)
+    # all evaluations: floor 50, ceiling 500/3, rule 400/3 → (400/3 − 50) / (500/3 − 50) = 250/350
+    assert ppo["hpgd"]["gap_recovered_over_evals"] == pytest.approx([250 / 350] * 3)
+    assert sac["hpgd"]["gap_recovered"] == pytest.approx([0.0] * 3)
+    assert ppo["dense"]["gap_recovered"] == pytest.approx([1.0] * 3)
+    assert summary["aggregate_gap"]["hpgd"]["iqm"] == pytest.approx(0.25, abs=0.26)  # 3 runs at 0.5, 3 at 0
+    out.write_text(out.read_text() + "## Analysis\nkept\n")  # regeneration keeps a hand-written analysis
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert out.read_text().endswith("## Analysis\nkept\n")
+    assert "### Hopper-v5, PPO" in out.read_text() and "### Hopper-v5, SAC" in out.read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_incomplete_runs_are_left_out_unless_partial(tmp_path):
+    _fake_run(tmp_path, "dense", "true_reward", "dense", "ppo", 0, [0.0, 1.0, 2.0])
+    cfg_path = tmp_path / "hopper" / "dense_s0" / "run_config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["trainer"]["total_steps"] = 10_000
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    script = str(ROOT / "scripts" / "aggregate_shaping.py")
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "1 incomplete run(s) left out" in proc.stderr
+    proc = subprocess.run([sys.executable, script, str(tmp_path), "--partial"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "| dense | 1 | 3000 |" in proc.stdout
