@@ -189,3 +189,23 @@ def test_reward_mix_of_a_tabular_follower():
     table = lab.follower.reward_table()
     torch.testing.assert_close(table, lab.env_reward + lab.model.table().detach())
     assert isinstance(lab.follower.action_space, gym.spaces.Discrete)
+
+
+def test_sac_preset_rules_read_sac_temperature(tmp_path):
+    """exp=shaping_delayed_hopper_sac: HPGD scales by SAC's live alpha (no follower_temperature), shaping moves."""
+    run = tmp_path / "sac"
+    cli(
+        "exp=shaping_delayed_hopper_sac",
+        "env=pendulum",
+        "trainer.total_steps=600",
+        "trainer.steps_per_iter=200",
+        "trainer.initial_steps=200",
+        "trainer.eval_every=1",
+        "trainer.eval_episodes=1",
+        "progress=false",
+        f"hydra.run.dir={run}",
+    )
+    df = pd.read_csv(run / "metrics.csv")
+    temps = df["upper/temperature"].dropna()
+    assert len(temps) >= 2 and (temps != 1.0).all() and temps.nunique() > 1  # alpha is learned, not the preset's 1
+    assert df["shaping/mean_abs"].iloc[0] == 0.0 and df["shaping/mean_abs"].iloc[-1] > 0.0
