@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +43,7 @@ def row_label(cfg: dict) -> str:
 def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
     """One row per run (score, completeness, wall time) and the eval curves by (env, row)."""
     rows, curves = [], {}
-    for metrics in sorted(root.rglob("metrics.csv")):
+    for metrics in sorted([*root.rglob("metrics.csv"), *root.rglob("metrics.csv.gz")]):
         cfg_path = metrics.parent / "run_config.yaml"
         if not cfg_path.exists():
             continue
@@ -69,6 +71,7 @@ def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str]
                 if "shaping/dense_reward_corr" in df and df["shaping/dense_reward_corr"].notna().any()
                 else np.nan,
                 "wall_min": float(df["time/total_s"].iloc[-1]) / 60,
+                "dir": str(metrics.parent),
             }
         )
         curves.setdefault((env, label), []).append(evals[["env_steps", "eval/true_return"]])
@@ -187,6 +190,23 @@ def plot(curves: dict[tuple[str, str], list[pd.DataFrame]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def archive(runs: pd.DataFrame, root: Path, dest: Path) -> None:
+    """Copy ``metrics.csv`` (gzipped) and ``run_config.yaml`` of each run to ``dest``, keeping paths below ``root``."""
+    for run_dir in runs["dir"]:
+        src = Path(run_dir)
+        target = dest / src.relative_to(root)
+        if target.resolve() == src.resolve():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / "run_config.yaml", target / "run_config.yaml")
+        csv = src / "metrics.csv"
+        if csv.exists():
+            with csv.open("rb") as f_in, gzip.GzipFile(target / "metrics.csv.gz", "wb", mtime=0) as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        else:
+            shutil.copy2(src / "metrics.csv.gz", target / "metrics.csv.gz")
+
+
 ANALYSIS = "## Analysis"
 
 
@@ -198,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     parser.add_argument("--last", type=int, default=3, help="evaluations averaged into a run's score")
     parser.add_argument("--partial", action="store_true", help="include runs that have not reached total_steps")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="copy each complete run's metrics (gzipped) and run_config.yaml here, by env dir and row, to aggregate "
+        "later together with new runs (checkpoints are not copied)",
+    )
     args = parser.parse_args(argv)
     runs, curves = load_runs(args.root, args.last)
     if runs.empty:
@@ -216,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         keep = set(zip(runs["env"], runs["row"], strict=True))
         curves = {k: v for k, v in curves.items() if k in keep}
+    if args.archive is not None:
+        archive(runs[runs["complete"]], args.root, args.archive)
     text, summary = tables(runs.reset_index(drop=True), args.reps)
     print(text)
     if args.out is not None:

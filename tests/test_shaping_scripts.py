@@ -73,3 +73,19 @@ def test_incomplete_runs_are_left_out_unless_partial(tmp_path):
     assert proc.returncode == 1 and "1 incomplete run(s) left out" in proc.stderr
     proc = subprocess.run([sys.executable, script, str(tmp_path), "--partial"], capture_output=True, text=True)
     assert proc.returncode == 0 and "| dense | 1 | 3000 |" in proc.stdout
+
+
+def test_archived_runs_aggregate_like_the_originals(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    for seed in range(2):
+        _fake_run(runs, "dense", "true_reward", "dense", "ppo", seed, [0.0, 200.0, 300.0 + seed])
+        _fake_run(runs, "delayed", "true_reward", "delayed", "ppo", seed, [0.0, 50.0, 100.0 + seed])
+    script = str(ROOT / "scripts" / "aggregate_shaping.py")
+    first = subprocess.run(
+        [sys.executable, script, str(runs), "--archive", str(archive)], check=True, capture_output=True, text=True
+    )
+    assert (archive / "hopper" / "dense_s1" / "metrics.csv.gz").is_file()
+    assert not (archive / "hopper" / "dense_s1" / "metrics.csv").exists()
+    again = subprocess.run([sys.executable, script, str(archive)], check=True, capture_output=True, text=True)
+    strip = [ln.rsplit("|", 2)[0] for ln in first.stdout.splitlines()]  # all but the wall-time column
+    assert strip == [ln.rsplit("|", 2)[0] for ln in again.stdout.splitlines()] and "| dense | 2 |" in again.stdout
