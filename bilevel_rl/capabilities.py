@@ -19,7 +19,8 @@ class Capability(str, Enum):
     """One thing a follower may be able to do."""
 
     TEMPERATURE = "temperature"
-    """A positive entropy temperature (SAC α, PPO/A2C ``ent_coef > 0``, tabular τ): ``Follower.temperature``."""
+    """A positive entropy temperature (SAC α, soft DQN λ, PPO/A2C ``ent_coef > 0``, tabular τ):
+    ``Follower.temperature``."""
     GAMMA = "gamma"
     """A discount factor: ``Follower.gamma``."""
     ACTION_DIST = "action_dist"

@@ -292,7 +292,7 @@ def _check_leader_reward(s: Sections, atari: bool) -> None:
         raise ConfigError(
             "objective.reward_fn / objective.cost: evaluating a leader reward needs a vector env, not Atari"
         )
-    if atari and o.env_reward_coef != 0 and s.follower.name in ("sac", "dsac"):
+    if atari and o.env_reward_coef != 0 and s.follower.name in ("sac", "dsac", "soft_dqn"):
         raise ConfigError(
             f"objective.env_reward_coef: follower={s.follower.name} on image observations trains on the learned reward "
             "alone; set objective.env_reward_coef=0 or use follower=a2c"

@@ -49,11 +49,12 @@ class EnvConfig:
 
 @dataclass
 class FollowerConfig:
-    """Config group ``follower`` (SB3 SAC / discrete SAC / PPO / A2C).
+    """Config group ``follower`` (SB3 SAC / discrete SAC / soft DQN / PPO / A2C).
 
     Attributes:
-        name: the algorithm.
-        learning_rate: learning rate (SAC: critic and temperature).
+        name: the algorithm: ``sac`` (Box actions), ``dsac`` (discrete SAC), ``soft_dqn`` (regularised DQN at a fixed
+            temperature, ``algo_kwargs.temperature``), ``ppo``, ``a2c``.
+        learning_rate: learning rate (SAC: critic and temperature; soft DQN: the Q-network).
         actor_lr: SAC only: a separate actor learning rate (``null``: ``learning_rate``; SoBiRL App. J.2: 3e-4).
         lr_schedule: ``constant``, or ``linear`` decay to 0 at ``lr_horizon`` env steps (SoBiRL App. J.2: 8e6).
         lr_horizon: env steps of the linear schedule (``null``: ``trainer.total_steps``).
@@ -64,7 +65,7 @@ class FollowerConfig:
         algo_kwargs: keyword arguments of the SB3 algorithm (checked against its constructor).
     """
 
-    name: Literal["sac", "dsac", "ppo", "a2c"] = "sac"
+    name: Literal["sac", "dsac", "soft_dqn", "ppo", "a2c"] = "sac"
     learning_rate: float = 3e-4
     actor_lr: float | None = None
     lr_schedule: Literal["constant", "linear"] = "constant"

@@ -1,12 +1,18 @@
-"""Shared helpers: subprocess CLI runs, metrics, and leader steps."""
+"""Shared helpers: subprocess CLI runs, metrics, leader steps, a toy discrete env, a one-thread fixture."""
 
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pandas as pd
+import pytest
+import torch
+from gymnasium import spaces
 
 BIN = Path(sys.executable).parent / "bilevel-rl"
 
@@ -75,3 +81,31 @@ def leader_step(data, epochs, rng, batch=None, iteration=0, seed=0):
     from bilevel_rl.upper.base import LeaderStep
 
     return LeaderStep(data, batch, iteration, epochs, rng, torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """One torch thread while the test runs (import it into a test module to apply it there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ToyEnv(gym.Env[np.ndarray, int]):
+    """Vector observations, ``n`` actions, reward = the action, ``horizon``-step episodes (truncated, never done)."""
+
+    def __init__(self, obs_dim: int = 3, n_actions: int = 2, horizon: int = 10) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (obs_dim,), np.float32)
+        self.action_space = spaces.Discrete(n_actions)
+        self.horizon = horizon
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return self.observation_space.sample(), float(action), False, self.t >= self.horizon, {}

@@ -22,7 +22,8 @@ def tiny_run(tmp_path_factory):
 def test_help_and_cfg_job():
     out = cli("--help").stdout
     assert "exp: atari_a2c_cpu, atari_cpu, atari_rlhf_demo, drlhf_halfcheetah, drlhf_hopper, " in out
-    assert "follower: a2c, a2c_atari, dsac, ppo, sac" in out and "reward_model: cnn_pbrl, cnn_sobirl, mlp" in out
+    assert "follower: a2c, a2c_atari, dsac, ppo, sac, soft_dqn" in out
+    assert "reward_model: cnn_pbrl, cnn_sobirl, mlp" in out
     out = cli("--cfg", "job", "exp=quickstart").stdout
     assert "id: Hopper-v5" in out and "exp_name: quickstart" in out
     assert "id: HalfCheetah-v5" in cli("--cfg", "job", "exp=quickstart", "env.id=HalfCheetah-v5").stdout

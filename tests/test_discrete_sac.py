@@ -16,6 +16,7 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from bilevel_rl.followers.discrete_sac import DiscreteSAC, DiscreteSACPolicy
+from tests.helpers import ToyEnv, one_thread  # noqa: F401 - one_thread: autouse fixture
 
 TRAIN_KEYS = {
     "train/actor_loss",
@@ -25,33 +26,6 @@ TRAIN_KEYS = {
     "train/entropy",
     "train/n_updates",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class ToyEnv(gym.Env[np.ndarray, int]):
-    """Vector observations, ``n`` actions, random rewards, episodes of ``horizon`` steps."""
-
-    def __init__(self, obs_dim: int = 3, n_actions: int = 2, horizon: int = 10) -> None:
-        self.observation_space = spaces.Box(-1.0, 1.0, (obs_dim,), np.float32)
-        self.action_space = spaces.Discrete(n_actions)
-        self.horizon = horizon
-        self.t = 0
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        return self.observation_space.sample(), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.t += 1
-        return self.observation_space.sample(), float(action), False, self.t >= self.horizon, {}
 
 
 class ImageEnv(ToyEnv):

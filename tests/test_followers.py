@@ -16,6 +16,7 @@ from bilevel_rl.followers import (
     OnPolicyFollower,
     PPOFollower,
     SACFollower,
+    SoftDQNFollower,
     check_algo_kwargs,
     follower_class,
     make_follower,
@@ -28,7 +29,7 @@ def _follower(algo, env_id="Pendulum-v1", **kw):
     algo_kwargs = {"policy_kwargs": {"net_arch": [32, 32]}}
     if algo == "sac":
         algo_kwargs.update(learning_starts=100, batch_size=32)
-    if algo == "dsac":
+    if algo in ("dsac", "soft_dqn"):
         algo_kwargs.update(learning_starts=50, batch_size=32, train_freq=1, target_update_interval=50, buffer_size=2000)
     if algo == "ppo":
         algo_kwargs.update(n_steps=64, batch_size=32)
@@ -230,11 +231,13 @@ ON_POLICY_CAPS = SB3_CAPS | {Capability.POLICY_LOOKAHEAD}
 
 
 def test_registry_maps_names_to_classes():
-    assert {"sac": SACFollower, "dsac": DiscreteSACFollower, "ppo": PPOFollower, "a2c": A2CFollower} == FOLLOWERS
-    assert issubclass(SACFollower, OffPolicyFollower) and issubclass(DiscreteSACFollower, OffPolicyFollower)
+    expected = {"sac": SACFollower, "dsac": DiscreteSACFollower, "soft_dqn": SoftDQNFollower}
+    assert {**expected, "ppo": PPOFollower, "a2c": A2CFollower} == FOLLOWERS
+    assert all(issubclass(cls, OffPolicyFollower) for cls in expected.values())
     assert issubclass(PPOFollower, OnPolicyFollower) and issubclass(A2CFollower, OnPolicyFollower)
     assert all(cls.name == name for name, cls in FOLLOWERS.items())
-    with pytest.raises(ValueError, match=r"^follower.name: unknown follower 'td3' \(choose sac, dsac, ppo, a2c\)$"):
+    choices = r"\(choose sac, dsac, soft_dqn, ppo, a2c\)"
+    with pytest.raises(ValueError, match=rf"^follower.name: unknown follower 'td3' {choices}$"):
         follower_class("td3")
     with pytest.raises(ValueError, match="unknown follower"):
         make_follower("td3", "Pendulum-v1", 1, 0, {})
@@ -273,7 +276,10 @@ def test_live_capabilities_follow_the_entropy_coefficient():
     assert h.capabilities == frozenset(SB3_CAPS | {Capability.TEMPERATURE}) == type(h).declared_capabilities(None)
 
 
-@pytest.mark.parametrize(("name", "env_id"), [("sac", "Pendulum-v1"), ("dsac", "CartPole-v1"), ("ppo", "Pendulum-v1")])
+@pytest.mark.parametrize(
+    ("name", "env_id"),
+    [("sac", "Pendulum-v1"), ("dsac", "CartPole-v1"), ("soft_dqn", "CartPole-v1"), ("ppo", "Pendulum-v1")],
+)
 def test_gamma_is_the_sb3_models_discount(name, env_id):
     f, _ = _follower(name, env_id=env_id, algo_kwargs={"gamma": 0.95})
     assert f.gamma == pytest.approx(0.95) and f.gamma == f.model.gamma
@@ -288,6 +294,8 @@ def test_action_space_problems_are_one_line():
     assert DiscreteSACFollower.action_space_problem(discrete) is None
     assert "Discrete" in DiscreteSACFollower.action_space_problem(box)
     assert PPOFollower.action_space_problem(box) is None and A2CFollower.action_space_problem(discrete) is None
+    assert SoftDQNFollower.action_space_problem(discrete) is None
+    assert "Discrete" in SoftDQNFollower.action_space_problem(box)
     with pytest.raises(ValueError, match=r"follower=dsac: env.id=Pendulum-v1 has action space"):
         make_follower("dsac", "Pendulum-v1", 1, 0, {})
 
@@ -310,6 +318,12 @@ def test_action_space_problems_are_one_line():
         ("sac", {"train_freq": 0}, r"^follower\.algo_kwargs\.train_freq:"),
         ("sac", {"gradient_steps": 0}, r"^follower\.algo_kwargs\.gradient_steps:"),
         ("dsac", {"target_update_interval": 0}, r"^follower\.algo_kwargs\.target_update_interval:"),
+        ("soft_dqn", {"temperature": 0}, r"^follower\.algo_kwargs\.temperature: must be a number > 0, got 0$"),
+        ("soft_dqn", {"temperature": "auto"}, r"^follower\.algo_kwargs\.temperature: must be a number > 0"),
+        ("soft_dqn", {"loss": "l1"}, r"^follower\.algo_kwargs\.loss: must be 'huber' or 'mse', got 'l1'$"),
+        ("soft_dqn", {"ent_coef": 0.1}, r"^follower\.algo_kwargs\.ent_coef: not an argument of SoftDQN"),
+        ("soft_dqn", {"exploration_final_eps": 0.05}, r"^follower\.algo_kwargs\.exploration_final_eps: not an arg"),
+        ("soft_dqn", {"n_steps": 3}, r"^follower\.algo_kwargs\.n_steps: not an argument of SoftDQN"),
         ("ppo", {"n_steps": 0}, r"^follower\.algo_kwargs\.n_steps:"),
         ("ppo", {"n_epochs": 0}, r"^follower\.algo_kwargs\.n_epochs:"),
         ("ppo", {"gae_lambda": 1.1}, r"^follower\.algo_kwargs\.gae_lambda: must be a number in \[0, 1\]"),
@@ -348,6 +362,7 @@ def test_check_algo_kwargs_refuses_bad_keys_and_values(name, kwargs, message):
         ("sac", {"batch_size": 64, "gamma": 1.0, "tau": 0.005, "ent_coef": "auto_1.0", "train_freq": [1, "episode"]}),
         ("sac", {"gradient_steps": -1, "learning_starts": 0, "ent_coef": 0.0, "buffer_size": np.int64(10)}),
         ("dsac", {"ent_coef": "auto", "target_entropy_scale": 0.89, "target_update_interval": 8000}),
+        ("soft_dqn", {"temperature": 0.2, "loss": "mse", "max_grad_norm": 1.0, "target_update_interval": 5000}),
         ("ppo", {"n_steps": 2048, "batch_size": 64, "gae_lambda": 0.0, "ent_coef": 0.01, "clip_range": 0.2}),
         ("a2c", {"n_steps": 5, "vf_coef": 0.0, "max_grad_norm": 0.5, "policy_kwargs": {"net_arch": [64]}}),
     ],
@@ -359,7 +374,13 @@ def test_check_algo_kwargs_accepts_valid_configs(name, kwargs):
 # ---------------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize(
     ("name", "env_id"),
-    [("sac", "Pendulum-v1"), ("dsac", "CartPole-v1"), ("ppo", "Pendulum-v1"), ("a2c", "CartPole-v1")],
+    [
+        ("sac", "Pendulum-v1"),
+        ("dsac", "CartPole-v1"),
+        ("soft_dqn", "CartPole-v1"),
+        ("ppo", "Pendulum-v1"),
+        ("a2c", "CartPole-v1"),
+    ],
 )
 def test_state_dict_is_self_contained_and_resumes_exactly(name, env_id):
     """One nested dict, pickled as it is, restores a fresh follower that then continues exactly as the original."""

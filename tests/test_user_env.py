@@ -30,7 +30,7 @@ ENV_SOURCE = textwrap.dedent(
 
     class PointMass(gym.Env):
         observation_space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)  # Box observations: required
-        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)         # Box for sac; Discrete for dsac/ppo/a2c
+        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)         # Box: sac; Discrete: dsac/soft_dqn/ppo/a2c
         def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
             self.state = self.np_random.uniform(-1.0, 1.0, 2).astype(np.float32)

@@ -1,9 +1,10 @@
-"""Followers (lower level): SB3 SAC / discrete SAC / PPO / A2C behind the `Follower` seam.
+"""Followers (lower level): SB3 SAC / discrete SAC / soft DQN / PPO / A2C behind the `Follower` seam.
 
 Layout: :mod:`~bilevel_rl.followers.base` (the seam), :mod:`~bilevel_rl.followers.sb3_base` (shared SB3 machinery),
 :mod:`~bilevel_rl.followers.off_policy` / :mod:`~bilevel_rl.followers.sac` (relabelling replay buffers, SAC and
-discrete SAC), :mod:`~bilevel_rl.followers.on_policy` (learned-reward wrapper, PPO and A2C),
-:mod:`~bilevel_rl.followers.registry` (names) and :mod:`~bilevel_rl.followers.algo_kwargs` (config checks).
+discrete SAC), :mod:`~bilevel_rl.followers.soft_dqn` (regularised DQN), :mod:`~bilevel_rl.followers.on_policy`
+(learned-reward wrapper, PPO and A2C), :mod:`~bilevel_rl.followers.registry` (names) and
+:mod:`~bilevel_rl.followers.algo_kwargs` (config checks).
 """
 
 from bilevel_rl.followers.algo_kwargs import check_algo_kwargs
@@ -13,6 +14,7 @@ from bilevel_rl.followers.on_policy import A2CFollower, OnPolicyFollower, PPOFol
 from bilevel_rl.followers.registry import FOLLOWERS, follower_class, make_follower
 from bilevel_rl.followers.sac import DiscreteSACFollower, SACFollower
 from bilevel_rl.followers.sb3_base import SB3Follower
+from bilevel_rl.followers.soft_dqn import SoftDQNFollower
 
 __all__ = [
     "FOLLOWERS",
@@ -24,6 +26,7 @@ __all__ = [
     "PPOFollower",
     "SACFollower",
     "SB3Follower",
+    "SoftDQNFollower",
     "TransitionRecorder",
     "check_algo_kwargs",
     "follower_class",

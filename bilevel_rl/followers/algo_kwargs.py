@@ -73,6 +73,8 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "clip_range": _real("> 0", lambda v: v > 0),
     "max_grad_norm": _real("> 0", lambda v: v > 0),
     "vf_coef": _real(">= 0", lambda v: v >= 0),
+    "temperature": _real("> 0", lambda v: v > 0),
+    "loss": ("'huber' or 'mse'", lambda v: v in ("huber", "mse")),
 }
 """Range checks of the common numeric arguments: ``key → (what it must be, check)``."""
 
@@ -82,7 +84,8 @@ def check_algo_kwargs(name: str, algo_kwargs: Mapping[str, Any]) -> None:
 
     Checks that every key is an argument of the algorithm's constructor (and not one the follower sets itself),
     and the range and type of the common numeric ones (``batch_size``, ``buffer_size``, ``gamma``, ``tau``,
-    ``ent_coef``, ...). Cross-key constraints (e.g. PPO's ``batch_size <= n_steps * n_envs``) are not checked.
+    ``ent_coef``, soft DQN's ``temperature`` and ``loss``, ...). Cross-key constraints (e.g. PPO's
+    ``batch_size <= n_steps * n_envs``) are not checked.
 
     Args:
         name: ``follower.name``.

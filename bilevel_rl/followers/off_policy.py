@@ -2,7 +2,8 @@
 
 Stored rewards therefore never go stale: :class:`~bilevel_rl.followers.relabel.RelabelingReplayBuffer` for vector
 observations, :class:`~bilevel_rl.followers.frame_buffer.FrameStackReplayBuffer` (each Atari frame stored once)
-for images. The concrete followers are in :mod:`bilevel_rl.followers.sac`.
+for images. The concrete followers are in :mod:`bilevel_rl.followers.sac` and
+:mod:`bilevel_rl.followers.soft_dqn`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,24 @@ from bilevel_rl.reward_models.base import RewardModel
 # the reward cache is not trusted after a restore (_fingerprint is dropped): the first sample recomputes it, exactly
 # as the uninterrupted run does after the leader step before the checkpoint; the rest is rebuilt by set_reward_model
 _BUFFER_SKIP = frozenset({"reward_model", "mix", "action_low", "action_high", "device", "_fingerprint"})
+
+
+class FlatActionRewards:
+    """A reward model seen through flat discrete actions: replay buffers store them as ``(B, 1)`` floats.
+
+    The relabeller of the Discrete-action off-policy followers (discrete SAC, soft DQN).
+    """
+
+    def __init__(self, model: RewardModel) -> None:
+        self.model = model
+
+    def relabel(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``r(s, a)`` with the stored actions as integer indices ``(B,)``."""
+        return self.model.relabel(obs, torch.as_tensor(actions).reshape(-1).long())
+
+    def fingerprint(self) -> Any:
+        """The wrapped model's fingerprint (when it changes, cached rewards are stale)."""
+        return self.model.fingerprint()
 
 
 class OffPolicyFollower(SB3Follower):

@@ -8,11 +8,12 @@ from typing import Any
 from bilevel_rl.followers.on_policy import A2CFollower, PPOFollower
 from bilevel_rl.followers.sac import DiscreteSACFollower, SACFollower
 from bilevel_rl.followers.sb3_base import SB3Follower
+from bilevel_rl.followers.soft_dqn import SoftDQNFollower
 
 FOLLOWERS: dict[str, type[SB3Follower]] = {
-    cls.name: cls for cls in (SACFollower, DiscreteSACFollower, PPOFollower, A2CFollower)
+    cls.name: cls for cls in (SACFollower, DiscreteSACFollower, SoftDQNFollower, PPOFollower, A2CFollower)
 }
-"""``follower.name`` → class: ``sac``, ``dsac`` (discrete SAC), ``ppo``, ``a2c``."""
+"""``follower.name`` → class: ``sac``, ``dsac`` (discrete SAC), ``soft_dqn`` (regularised DQN), ``ppo``, ``a2c``."""
 
 
 def follower_class(name: str) -> type[SB3Follower]:

@@ -13,7 +13,7 @@ from typing_extensions import override
 from bilevel_rl.followers.base import RewardMix
 from bilevel_rl.followers.discrete_sac import DiscreteSAC
 from bilevel_rl.followers.frame_buffer import SupportsRelabel
-from bilevel_rl.followers.off_policy import OffPolicyFollower
+from bilevel_rl.followers.off_policy import FlatActionRewards, OffPolicyFollower
 from bilevel_rl.followers.sb3_parts import GlobalProgressMixin
 from bilevel_rl.reward_models.base import RewardModel
 
@@ -104,19 +104,6 @@ class SACFollower(OffPolicyFollower):
             return squashed_gaussian(mean, log_std.exp(), space.low, space.high)
 
 
-class _FlatActionRewards:
-    """A reward model seen through flat discrete actions: replay buffers store them as ``(B, 1)``."""
-
-    def __init__(self, model: RewardModel) -> None:
-        self.model = model
-
-    def relabel(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.model.relabel(obs, torch.as_tensor(actions).reshape(-1).long())
-
-    def fingerprint(self) -> Any:
-        return self.model.fingerprint()
-
-
 class DiscreteSACFollower(OffPolicyFollower):
     """Discrete SAC (:class:`~bilevel_rl.followers.discrete_sac.DiscreteSAC`) on a Discrete action space."""
 
@@ -132,7 +119,7 @@ class DiscreteSACFollower(OffPolicyFollower):
 
     @override
     def _relabeler(self, reward_model: RewardModel) -> SupportsRelabel:
-        return _FlatActionRewards(reward_model)
+        return FlatActionRewards(reward_model)
 
     @override
     @property
