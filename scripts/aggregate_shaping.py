@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             f"deterministic policy, 5 episodes) of the last {args.last} evaluations; curves: `{png.name}`.",
             "",
         ]
-        args.out.write_text("\n".join(head) + text + "\n" + analysis)
+        args.out.write_text("\n".join(head) + "\n" + text + "\n" + analysis)
     return 0
 
 
