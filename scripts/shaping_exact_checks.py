@@ -15,17 +15,12 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bilevel_rl.objectives.leader_reward import LeaderRewardConfig
-from bilevel_rl.tabular.checks.shaping import first_step_expectation, penalty_expectation, sample_gradients
-from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
+from bilevel_rl.tabular.checks.shaping import first_step_expectation, penalty_step_samples, sample_gradients
 from bilevel_rl.tabular.lab.shaping_lab import make_shaping_lab
-from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.hpgd import HPGD, HPGDConfig
-from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
-from bilevel_rl.upper.penalty import PenaltyInputs
 from bilevel_rl.upper.sobirl import SoBiRL, SoBiRLConfig
 
 
@@ -40,29 +35,6 @@ def row(name: str, seed: int, samples: torch.Tensor, target: torch.Tensor, targe
     cos, rel = compare(samples.mean(0), target)
     se = float((samples.std(0) / len(samples) ** 0.5).norm() / target.norm())
     return f"| {name} | {target_name} | {seed} | {len(samples)} | {cos:.4f} | {rel:.3f} | {se:.3f} |"
-
-
-def pbrl_samples(seed: int, estimates: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
-    """PBRL's leader-step estimates (main follower at the uniform policy) and the exact penalty direction."""
-    lab = make_shaping_lab(seed=seed, follower_cls=SoftPolicyGradient, lr=0.5, updates=20)
-    rule = PBRL(PBRLConfig(lam=2.0, optimizer="sgd", best_response_steps=64 * 50))
-    rule.attach(lab.follower, lab.model, lab.objective.data)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    batch = lab.follower.collect(50)
-    lab.objective.gather(batch, 1, rng, lab.model)
-    rule.prepare(LeaderStep(lab.objective.data, batch, 1, 1, rng, gen))  # trains the best response
-    br = rule.best_response.follower
-    lab.follower.pi = torch.full_like(lab.follower.pi, 1.0 / lab.follower.pi.shape[1])
-    out = []
-    for _ in range(estimates):
-        main_batch, br_batch = lab.follower.sample(100), br.sample(100)
-        lab.objective.gather(main_batch, 1, rng, lab.model)
-        step = LeaderStep(lab.objective.data, main_batch, 1, 1, rng, gen)
-        latest = lab.objective.latest
-        assert latest is not None
-        loss, _ = rule.leader_loss(latest, step, PenaltyInputs(main_batch, br_batch, gen))
-        out.append(-torch.autograd.grad(loss, lab.model.x)[0])
-    return torch.stack(out), penalty_expectation(lab, br.pi, lam=2.0)
 
 
 def main() -> None:
@@ -92,7 +64,7 @@ def main() -> None:
         cost_lab = make_shaping_lab(seed=seed, config=LeaderRewardConfig(cost="l2", cost_coef=0.5))
         hpgd_cost = sample_gradients(cost_lab, HPGD(HPGDConfig(trace=1.0, optimizer="sgd")), 160, 100, seed=seed)
         lines.append(row("hpgd κ = 1, L2 cost β = 0.5", seed, hpgd_cost, cost_lab.exact_gradient(), "exact ∇J"))
-        samples, target = pbrl_samples(seed + 3)
+        samples, target = penalty_step_samples(seed + 3)
         lines.append(row("pbrl value penalty (leader step)", seed + 3, samples, target, "exact λσ(∇V^br − ∇V^y)"))
     text = "\n".join(lines)
     head = (

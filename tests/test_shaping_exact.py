@@ -4,18 +4,12 @@ The deep rule classes run unchanged on a ShapingLab (exact leader critic, fixed 
 estimate is the mean over independent on-policy batches of minus the rule's leader-loss gradient.
 """
 
-import numpy as np
 import pytest
-import torch
 
 from bilevel_rl.objectives.leader_reward import LeaderRewardConfig
-from bilevel_rl.tabular.checks.shaping import first_step_expectation, penalty_expectation, sample_gradients
-from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
+from bilevel_rl.tabular.checks.shaping import first_step_expectation, penalty_step_samples, sample_gradients
 from bilevel_rl.tabular.lab.shaping_lab import make_shaping_lab
-from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.hpgd import HPGD, HPGDConfig
-from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
-from bilevel_rl.upper.penalty import PenaltyInputs
 from bilevel_rl.upper.sobirl import SoBiRL, SoBiRLConfig
 from tests.tabular_helpers import assert_matches, compare
 
@@ -58,21 +52,5 @@ def test_first_step_estimators_match_their_expectation_and_their_bias_is_measure
 
 def test_pbrl_value_penalty_direction_matches_exact():
     """PBRL's leader step (x moves only through the penalty) against lambda*sigma*(grad V^br - grad V^y) exactly."""
-    lab = make_shaping_lab(seed=3, follower_cls=SoftPolicyGradient, lr=0.5, updates=20)
-    rule = PBRL(PBRLConfig(lam=2.0, optimizer="sgd", best_response_steps=64 * 50))
-    rule.attach(lab.follower, lab.model, lab.objective.data)
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    batch = lab.follower.collect(50)
-    lab.objective.gather(batch, 1, rng, lab.model)
-    rule.prepare(LeaderStep(lab.objective.data, batch, 1, 1, rng, gen))  # trains the best response
-    br = rule.best_response.follower
-    # the main follower at the uniform policy: far from the best response, so the penalty direction is large
-    lab.follower.pi = torch.full_like(lab.follower.pi, 1.0 / lab.follower.pi.shape[1])
-    estimates = []
-    for _ in range(60):
-        main_batch, br_batch = lab.follower.sample(100), br.sample(100)
-        lab.objective.gather(main_batch, 1, rng, lab.model)
-        step = LeaderStep(lab.objective.data, main_batch, 1, 1, rng, gen)
-        loss, _ = rule.leader_loss(lab.objective.latest, step, PenaltyInputs(main_batch, br_batch, gen))
-        estimates.append(-torch.autograd.grad(loss, lab.model.x)[0])
-    assert_matches(torch.stack(estimates).mean(0), penalty_expectation(lab, br.pi, lam=2.0))
+    samples, exact = penalty_step_samples(seed=3)
+    assert_matches(samples.mean(0), exact)

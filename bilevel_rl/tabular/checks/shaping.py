@@ -7,7 +7,7 @@
   (HPGD with trace ``κ = 0``, SoBiRL's truncated eq. (99)): ``Σ_{s,a} d^π(s, a) Ā(s, a) (σ/λ)(∇r̃(s, a) −
   Σ_{a'} π(a'|s) ∇r̃(s, a'))`` plus the direct cost term; its distance from the exact hypergradient is their bias.
 * :func:`penalty_expectation` is the exact value of PBRL's value-penalty direction ``λσ(∇V^{π̂} − ∇V^{π_y})`` for two
-  fixed policies (Lemma 7(a)).
+  fixed policies (Lemma 7(a)); :func:`penalty_step_samples` draws PBRL's leader-step estimates of it.
 """
 
 from __future__ import annotations
@@ -79,3 +79,38 @@ def penalty_expectation(lab: ShapingLab, best_response_pi: torch.Tensor, lam: fl
     sigma = follower_scale(lab.model, lab.follower.reward_mix)
     (g,) = torch.autograd.grad((diff * linear_reward(x, lab.model.features)).sum() * sigma * lam, x)
     return -g
+
+
+def penalty_step_samples(seed: int, estimates: int = 60, lam: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """PBRL's leader-step estimates ``(estimates, d)`` and the exact penalty direction (:func:`penalty_expectation`).
+
+    A soft-policy-gradient follower on a shaping lab; the rule's ``prepare`` trains the best response, then the main
+    follower is set to the uniform policy (far from the best response, so the direction is large) and each estimate
+    is minus the gradient of ``leader_loss`` on fresh batches of both followers (100 steps per env).
+    """
+    from bilevel_rl.tabular.lab.followers import SoftPolicyGradient, TabularFollower
+    from bilevel_rl.tabular.lab.shaping_lab import make_shaping_lab
+    from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
+    from bilevel_rl.upper.penalty import PenaltyInputs
+
+    lab = make_shaping_lab(seed=seed, follower_cls=SoftPolicyGradient, lr=0.5, updates=20)
+    rule = PBRL(PBRLConfig(lam=lam, optimizer="sgd", best_response_steps=64 * 50))
+    rule.attach(lab.follower, lab.model, lab.objective.data)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    batch = lab.follower.collect(50)
+    lab.objective.gather(batch, 1, rng, lab.model)
+    rule.prepare(LeaderStep(lab.objective.data, batch, 1, 1, rng, gen))  # trains the best response
+    assert rule.best_response is not None and isinstance(lab.follower, TabularFollower)
+    br = rule.best_response.follower
+    assert isinstance(br, TabularFollower)
+    lab.follower.pi = torch.full_like(lab.follower.pi, 1.0 / lab.follower.pi.shape[1])
+    out = []
+    for _ in range(estimates):
+        main_batch, br_batch = lab.follower.sample(100), br.sample(100)
+        lab.objective.gather(main_batch, 1, rng, lab.model)
+        step = LeaderStep(lab.objective.data, main_batch, 1, 1, rng, gen)
+        latest = lab.objective.latest
+        assert latest is not None
+        loss, _ = rule.leader_loss(latest, step, PenaltyInputs(main_batch, br_batch, gen))
+        out.append(-torch.autograd.grad(loss, lab.model.x)[0])
+    return torch.stack(out), penalty_expectation(lab, br.pi, lam=lam)
