@@ -19,8 +19,11 @@ from bilevel_rl.objectives.leader_reward import follower_scale, shaping_cost
 from bilevel_rl.tabular.core.occupancy import occupancy
 from bilevel_rl.tabular.core.reward import linear_reward
 from bilevel_rl.tabular.core.soft_mdp import policy_evaluation
-from bilevel_rl.tabular.lab.shaping_lab import ShapingLab
+from bilevel_rl.tabular.lab.followers import SoftPolicyGradient, TabularFollower
+from bilevel_rl.tabular.lab.shaping_lab import ShapingLab, make_shaping_lab
 from bilevel_rl.upper.base import LeaderStep
+from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
+from bilevel_rl.upper.penalty import PenaltyInputs
 from bilevel_rl.upper.preference_rule import PreferenceRule
 
 
@@ -88,11 +91,6 @@ def penalty_step_samples(seed: int, estimates: int = 60, lam: float = 2.0) -> tu
     follower is set to the uniform policy (far from the best response, so the direction is large) and each estimate
     is minus the gradient of ``leader_loss`` on fresh batches of both followers (100 steps per env).
     """
-    from bilevel_rl.tabular.lab.followers import SoftPolicyGradient, TabularFollower
-    from bilevel_rl.tabular.lab.shaping_lab import make_shaping_lab
-    from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
-    from bilevel_rl.upper.penalty import PenaltyInputs
-
     lab = make_shaping_lab(seed=seed, follower_cls=SoftPolicyGradient, lr=0.5, updates=20)
     rule = PBRL(PBRLConfig(lam=lam, optimizer="sgd", best_response_steps=64 * 50))
     rule.attach(lab.follower, lab.model, lab.objective.data)
