@@ -26,6 +26,7 @@ from bilevel_rl.tabular.lab.followers import SoftPolicyGradient
 from bilevel_rl.tabular.lab.rule_lab import RuleLab, make_rule_lab
 from bilevel_rl.upper.estimators import pair_losses
 from bilevel_rl.upper.pbrl import PBRL, PBRLConfig
+from bilevel_rl.upper.penalty import LeaderPolicyLoss
 from tests.helpers import TINY, assert_refused, cli, leader_step, metrics
 
 STEPS, ENVS = 1000, 1024  # per env; ~100k episodes of 10 steps per follower
@@ -162,6 +163,7 @@ def test_lambda_schedule_and_coefficients():
         ({"gamma": 1.0}, "upper.gamma"),
         ({"bellman_estimator": "full"}, "upper.bellman_estimator"),
         ({"beta": -1.0}, "upper.penalty_weight_x and upper.beta"),
+        ({"policy_loss_clip": 0.0}, "upper.policy_loss_clip"),
     ],
 )
 def test_bad_hyperparameters_are_refused(kwargs, key):
@@ -174,6 +176,7 @@ def test_bad_hyperparameters_are_refused(kwargs, key):
     [
         (["upper=pbrl", "upper.penalty=ni"], "upper.penalty"),
         (["upper=pbrl", "upper.penalty=bellman", "upper.bellman_estimator=mixed"], "upper.bellman_estimator"),
+        (["upper=pbrl", "upper.policy_loss_clip=0.2"], "upper.policy_loss_clip"),
     ],
 )
 def test_cli_refuses_with_one_line(overrides, key, tmp_path):
@@ -258,3 +261,60 @@ def test_log_prob_floor_bounds_the_extra_policy_loss():
             assert torch.allclose(total, logp.clamp_min(floor).reshape(64, -1).sum(1))
             (g,) = torch.autograd.grad(total.sum(), follower.theta)
             assert torch.isfinite(g).all()
+
+
+class GaussianPolicy:
+    """A state-independent Gaussian policy ``N(μ, σ²)`` over 1-d actions (just what LeaderPolicyLoss reads)."""
+
+    def __init__(self) -> None:
+        self.mean = torch.zeros(1, requires_grad=True)
+        self.log_std = torch.zeros(1, requires_grad=True)
+
+    def action_dist(self, obs, grad: bool = True):
+        n = len(obs)
+        with torch.set_grad_enabled(grad):
+            return torch.distributions.Independent(
+                torch.distributions.Normal(self.mean.expand(n, 1), self.log_std.exp().expand(n, 1)), 1
+            )
+
+
+def leader_policy_loss(policy: GaussianPolicy, clip: float | None) -> LeaderPolicyLoss:
+    """The extra loss refreshed on 64 actions of N(0, 1) with advantages favouring those near 0.5."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    actions = rng.normal(size=(64, 1, 1)).astype(np.float32)
+    batch = SimpleNamespace(
+        flat_obs=lambda: np.zeros((64, 3), dtype=np.float32), flat_actions=lambda: actions.reshape(64, 1)
+    )
+    latest = SimpleNamespace(batch=batch, advantages=-((actions[..., 0] - 0.5) ** 2) + 1.0)
+    loss = LeaderPolicyLoss(PBRLConfig(policy_loss_clip=clip, policy_loss_steps=64), lambda: 0.5)
+    loss.follower = policy  # type: ignore[assignment]
+    loss.refresh(SimpleNamespace(leader=SimpleNamespace(require=lambda name: latest), rng=rng))  # type: ignore[arg-type]
+    return loss
+
+
+def test_clipped_leader_policy_loss_has_the_score_function_gradient_then_stays_bounded():
+    """At the refresh policy (ρ = 1) the clipped loss's gradient is the plain one's; descending the plain loss
+    collapses the Gaussian's std (log π → +∞ around good actions), the clipped loss stops once ρ leaves 1 ± ε."""
+    grads = []
+    for clip in (None, 0.2):
+        policy = GaussianPolicy()
+        loss = leader_policy_loss(policy, clip)
+        grads.append(torch.autograd.grad(loss(), [policy.mean, policy.log_std]))
+    for plain, clipped in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, clipped)
+    stds = {}
+    for clip in (None, 0.2):
+        policy = GaussianPolicy()
+        loss = leader_policy_loss(policy, clip)
+        opt = torch.optim.Adam([policy.mean, policy.log_std], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+            if float(policy.log_std) < -5.0:  # std < 0.007: collapsed (further steps reach NaN)
+                break
+        stds[clip] = float(policy.log_std.exp())
+    assert stds[None] < 0.01, stds  # the defect: the plain loss on a stale batch is unbounded below
+    assert stds[0.2] > 0.6, stds
