@@ -170,7 +170,7 @@ def ni_function(game: IncentiveGame, x: torch.Tensor, pi1: torch.Tensor, pi2: to
 
 
 @dataclass
-class Rollouts:
+class IncentiveRollouts:
     """``B`` trajectories of length ``H``: ``(B, H)`` states and both players' actions."""
 
     states: torch.Tensor
@@ -191,22 +191,22 @@ def sample(
     horizon: int,
     generator: torch.Generator,
     designer: bool = False,
-) -> Rollouts:
+) -> IncentiveRollouts:
     """On-policy rollouts with ``s_0 ~ ρ`` under the players' (default) or the designer's transitions."""
     sim = (game.designer if designer else game.players).with_policy(joint_policy(pi1.detach(), pi2.detach()))
     ro = rollout(sim, sample_states(game.rho, batch, generator), horizon, generator)
     A2 = pi2.shape[1]
-    return Rollouts(ro.states, ro.actions // A2, ro.actions % A2)
+    return IncentiveRollouts(ro.states, ro.actions // A2, ro.actions % A2)
 
 
-def score(pi: torch.Tensor, ro: Rollouts, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def score(pi: torch.Tensor, ro: IncentiveRollouts, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``(1/B) Σ_{i,t} w_{i,t} ∇_θ log π_θ(a_{i,t}|s_{i,t})`` for softmax logits (differentiable in ``weights``)."""
     s, a, w = ro.states.reshape(-1), actions.reshape(-1), weights.reshape(-1)
     g = (torch.nn.functional.one_hot(a, pi.shape[1]).to(pi.dtype) - pi.detach()[s]) * w[:, None]
     return torch.zeros(pi.shape, dtype=g.dtype).index_add(0, s, g) / ro.states.shape[0]
 
 
-def entropy_direct(pi: torch.Tensor, ro: Rollouts, gamma: float) -> torch.Tensor:
+def entropy_direct(pi: torch.Tensor, ro: IncentiveRollouts, gamma: float) -> torch.Tensor:
     """``(1/B) Σ_{i,t} γ^t ∇_θ h(π_θ(s_{i,t}))`` (the pathwise part of a regulariser's gradient)."""
     log_pi = torch.log(pi.detach())
     dh = pi.detach() * (log_pi - (pi.detach() * log_pi).sum(-1, keepdim=True))
@@ -216,7 +216,7 @@ def entropy_direct(pi: torch.Tensor, ro: Rollouts, gamma: float) -> torch.Tensor
 
 
 def value_returns(
-    game: IncentiveGame, x: torch.Tensor, pi1: torch.Tensor, pi2: torch.Tensor, ro: Rollouts
+    game: IncentiveGame, x: torch.Tensor, pi1: torch.Tensor, pi2: torch.Tensor, ro: IncentiveRollouts
 ) -> torch.Tensor:
     """``γ^t`` times the returns-to-go of eq. 5.1's per-step value (differentiable in ``x``)."""
     s, tau = ro.states, game.tau
@@ -225,7 +225,7 @@ def value_returns(
 
 
 def value_pg(
-    game: IncentiveGame, x: torch.Tensor, pi1: torch.Tensor, pi2: torch.Tensor, ro: Rollouts, player: int
+    game: IncentiveGame, x: torch.Tensor, pi1: torch.Tensor, pi2: torch.Tensor, ro: IncentiveRollouts, player: int
 ) -> torch.Tensor:
     """REINFORCE estimate of ``∇_{θ_player} V^{π_1, π_2}(ρ)`` from ``ro`` (drawn under ``(π_1, π_2)``).
 
@@ -238,7 +238,7 @@ def value_pg(
     return score(pi2, ro, ro.a2, g) + game.tau * entropy_direct(pi2, ro, game.gamma)
 
 
-def value_x_grad(game: IncentiveGame, x: torch.Tensor, ro: Rollouts) -> torch.Tensor:
+def value_x_grad(game: IncentiveGame, x: torch.Tensor, ro: IncentiveRollouts) -> torch.Tensor:
     """``∇_x V(ρ) = E[Σ_t γ^t ∇_x r_x(s_t, a_t)]`` (the policies do not depend on ``x``; PBRL App. C.1)."""
     disc = game.gamma ** torch.arange(ro.states.shape[1], dtype=DTYPE)
     visits = torch.zeros(game.shape, dtype=DTYPE)
@@ -247,7 +247,7 @@ def value_x_grad(game: IncentiveGame, x: torch.Tensor, ro: Rollouts) -> torch.Te
     return game.incentive_scale * sig * (1 - sig) * visits / ro.states.shape[0]
 
 
-def designer_pg(game: IncentiveGame, pi: torch.Tensor, ro: Rollouts, player: int) -> torch.Tensor:
+def designer_pg(game: IncentiveGame, pi: torch.Tensor, ro: IncentiveRollouts, player: int) -> torch.Tensor:
     """REINFORCE estimate of ``∇_{θ_player} J_id`` (``J_id = −f``) from rollouts under ``P_id``."""
     g = discounted_returns(game.r_id[ro.states, ro.a1, ro.a2], game.gamma)
     return score(pi, ro, ro.a1 if player == 1 else ro.a2, g)
@@ -333,7 +333,7 @@ def run(game: IncentiveGame, config: IncentiveConfig) -> IncentiveRun:
     steps, k = 0, 0
     H, B, a, lam = config.horizon, config.batch, config.lr, config.lam
 
-    def draw(p1: torch.Tensor, p2: torch.Tensor, designer: bool = False) -> Rollouts:
+    def draw(p1: torch.Tensor, p2: torch.Tensor, designer: bool = False) -> IncentiveRollouts:
         nonlocal steps
         ro = sample(game, p1, p2, B, H, gen, designer)
         steps += ro.env_steps
