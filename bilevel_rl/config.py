@@ -347,6 +347,19 @@ def _check_reward_model(s: Sections, obs_space: gym.Space) -> None:
         )
     if s.reward_model.name == "cnn" and not image:
         raise ConfigError(f"reward_model=cnn: env.id={s.env.id} has vector observations; use reward_model=mlp")
+    if s.reward_model.name == "tax" and s.env.id.split(":")[-1] != "TaxDesign-v0":
+        raise ConfigError(f"reward_model=tax: sets the taxes of env.id=TaxDesign-v0, not of env.id={s.env.id}")
+    if s.reward_model.name == "tax" and s.objective.name != "leader_reward":
+        raise ConfigError("reward_model=tax: the tax designer maximises its welfare; use objective=leader_reward")
+    if (
+        s.reward_model.name == "tax"
+        and getattr(s.upper, "transition_response", False)
+        and s.follower.name != "soft_dqn"
+    ):
+        raise ConfigError(
+            f"upper.transition_response=true: the income tax's follower-response term needs the soft values of "
+            f"follower=soft_dqn, not follower={s.follower.name} (or set upper.transition_response=false)"
+        )
 
 
 def precheck(args: list[str], multirun: bool) -> None:

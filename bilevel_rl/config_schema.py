@@ -132,6 +132,29 @@ class CNNRewardConfig:
 
 
 @dataclass
+class TaxModelConfig:
+    """Config option ``reward_model=tax``: the tax designer of HPGD §5.2 (``env.id=TaxDesign-v0``).
+
+    Attributes:
+        name: ``tax``.
+        initial_tax: every rate at the start (App. F.3.1: 0.3).
+        max_tax: rates are ``max_tax · sigmoid(w)`` (App. F.3.1 and the authors' code: 2; §5.2 says 3).
+    """
+
+    name: Literal["tax"] = "tax"
+    initial_tax: float = 0.3
+    max_tax: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, "reward_model")
+        check_range(self, "reward_model", "max_tax")
+        if not 0.0 < self.initial_tax < self.max_tax:
+            raise ValueError(
+                f"reward_model.initial_tax: must be in (0, max_tax={self.max_tax}), got {self.initial_tax}"
+            )
+
+
+@dataclass
 class OracleTeacherConfig:
     """``teacher=oracle``: the higher true segment return wins; returns within ``tie_tolerance`` tie (label 0.5)."""
 
@@ -220,7 +243,7 @@ SECTIONS: dict[str, type] = {
 
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
     "objective": {"preferences": PreferencesObjectiveConfig, "leader_reward": LeaderRewardConfig},
-    "reward_model": {"mlp": MLPRewardConfig, "cnn": CNNRewardConfig},
+    "reward_model": {"mlp": MLPRewardConfig, "cnn": CNNRewardConfig, "tax": TaxModelConfig},
     "teacher": {"oracle": OracleTeacherConfig, "bradley_terry": BradleyTerryTeacherConfig},
 }
 

@@ -25,6 +25,7 @@ from bilevel_rl.objectives.preferences import PreferenceObjective
 from bilevel_rl.reward_models.base import RewardModel
 from bilevel_rl.reward_models.cnn import make_cnn_reward_model
 from bilevel_rl.reward_models.mlp import make_reward_model
+from bilevel_rl.reward_models.tax import EnvParameterModel, TaxModel
 from bilevel_rl.trainer import Trainer
 from bilevel_rl.upper.base import rule_classes
 
@@ -87,6 +88,8 @@ def resolve_resume(cfg: DictConfig | None, run_dir: Path, cli_overrides: list[st
 def build_reward_model(s: Sections, spaces: dict[str, Any]) -> RewardModel:
     """The leader's model of ``reward_model=<preset>``: the MLP (vectors) or a paper CNN (Atari)."""
     rm, obs, act = s.reward_model, spaces["observation_space"], spaces["action_space"]
+    if rm.name == "tax":
+        return TaxModel(rm.initial_tax, rm.max_tax)
     if rm.name == "cnn":
         model: RewardModel = make_cnn_reward_model(rm.arch, obs, act, rm.per_action)
         model.normalize, model.center, model.target_std = rm.normalize, rm.center, rm.target_std
@@ -148,6 +151,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume: bool = False, facts: d
         visible_reward=s.env.visible_reward,
     )
     reward_model = build_reward_model(s, facts).to(str(cfg.device))
+    if isinstance(reward_model, EnvParameterModel):  # incentive design: the envs read the leader's parameters
+        follower.set_leader_source(reward_model.env_parameters)
     rule_cls, _ = rule_classes(s.upper.name)
     rule = rule_cls(s.upper)  # type: ignore[call-arg]
     objective = build_objective(s, follower)

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from typing_extensions import override
 
+from bilevel_rl.envs.leader_params import with_leader_parameters
 from bilevel_rl.envs.visible_reward import VisibleRewardConfig, wrap_visible
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -129,7 +130,7 @@ class TrueRewardInfo(gym.Wrapper):
 
 
 def _train_wrappers(env: gym.Env, visible: VisibleRewardConfig | None = None) -> gym.Env:
-    return wrap_visible(TrueRewardInfo(env), visible)
+    return wrap_visible(TrueRewardInfo(with_leader_parameters(env)), visible)
 
 
 def make_train_env(
@@ -164,7 +165,7 @@ def make_eval_env(env_id: str, env_kwargs: dict[str, Any] | None = None, render:
     kwargs = dict(env_kwargs or {})
     if render:
         kwargs["render_mode"] = "rgb_array"
-    return gym.make(env_id, **kwargs)
+    return with_leader_parameters(gym.make(env_id, **kwargs))
 
 
 class EnvRewardScale(VecEnvWrapper):

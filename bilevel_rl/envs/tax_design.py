@@ -470,6 +470,9 @@ class TaxDesignEnv(gym.Env[np.ndarray, np.int64]):
         """
         self._tax = validate_tax(tax, self.max_tax)
 
+    set_leader_parameters = set_tax
+    """The leader-parameter protocol of :mod:`bilevel_rl.envs.leader_params` (the tax vector)."""
+
     # -- state -----------------------------------------------------------------------------------------------------
 
     @property

@@ -185,6 +185,21 @@ class Follower(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support an extra policy loss")
 
+    def set_leader_source(self, source: Callable[[], np.ndarray] | None) -> None:
+        """Make the follower's environments read the leader's parameters from ``source`` before every step.
+
+        Only environments that define ``set_leader_parameters`` read them (:mod:`bilevel_rl.envs.leader_params`);
+        incentive design (leader parameters that enter the dynamics) needs a follower that implements this.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pass leader parameters to its environments")
+
+    def soft_state_values(self, obs: np.ndarray) -> np.ndarray:
+        """``V_f(s) = λ log Σ_a exp(Q(s, a)/λ)``, the follower's soft value at a batch of observations ``(B,)``.
+
+        HPGD's transition term (``∂_x Q_f`` through ``∇_x log P_x``, Thm. 1) weighs each transition by it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} exposes no soft state value")
+
     def spawn(self, seed: int) -> Follower:
         """A fresh follower of the same configuration with its own environments and seed.
 

@@ -39,6 +39,7 @@ from bilevel_rl.envs.atari import (
     make_atari_train_env,
     set_vec_stack_state,
 )
+from bilevel_rl.envs.leader_params import LeaderSource, attach_source
 from bilevel_rl.envs.make import make_eval_env, make_train_env
 from bilevel_rl.envs.state import get_env_state, set_env_state
 from bilevel_rl.envs.visible_reward import VisibleRewardConfig
@@ -205,6 +206,7 @@ class SB3Follower(Follower):
         self._callback = RecorderCallback(self.recorder)
         self._eval_env: gym.Env | None = None
         self._eval_venv: VecEnv | None = None
+        self._leader_source: LeaderSource | None = None
         self.reward_model: RewardModel | None = None
         self.true_reward_only = False
         self._extra_loss: ExtraPolicyLoss | None = None
@@ -327,6 +329,17 @@ class SB3Follower(Follower):
         self.extra_loss_count += 1
 
     @override
+    @override
+    def set_leader_source(self, source: LeaderSource | None) -> None:
+        """Give every training env (and the evaluation env) ``source``; refuse if no env reads parameters."""
+        found = sum(attach_source(env, source) for env in self._vec_env().envs)
+        if found == 0:
+            raise ValueError(f"env.id={self.env_id}: the environment reads no leader parameters")
+        self._leader_source = source
+        if self._eval_env is not None:
+            attach_source(self._eval_env, source)
+
+    @override
     def spawn(self, seed: int) -> SB3Follower:
         return type(self)(**{**self._init_kwargs, "seed": seed})
 
@@ -355,6 +368,7 @@ class SB3Follower(Follower):
             return evaluate_atari(self._predict, self._eval_venv, episodes, seed, self.atari.eval_max_steps)
         if self._eval_env is None:
             self._eval_env = make_eval_env(self.env_id, self.env_kwargs)
+            attach_source(self._eval_env, self._leader_source)
         return evaluate_episodes(self._predict, self._eval_env, episodes, seed, leader_reward)
 
     @override

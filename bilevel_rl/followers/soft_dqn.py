@@ -305,3 +305,11 @@ class SoftDQNFollower(OffPolicyFollower):
         with th.set_grad_enabled(grad):
             q = self.model.q_net(o)  # type: ignore[attr-defined]
             return th.distributions.Categorical(logits=q / self.temperature)
+
+    @override
+    def soft_state_values(self, obs: np.ndarray) -> np.ndarray:
+        """``λ logsumexp(Q(s, ·)/λ)`` of the online Q-network (the soft value the Boltzmann policy is optimal for)."""
+        lam = self.temperature
+        with th.no_grad():
+            q = self.model.q_net(th.as_tensor(obs, device=self.model.device))  # type: ignore[attr-defined]
+            return (lam * th.logsumexp(q / lam, dim=-1)).double().cpu().numpy()

@@ -35,6 +35,7 @@ from bilevel_rl.followers.base import LeaderStepReward, RewardMix
 from bilevel_rl.objectives.base import Objective
 from bilevel_rl.objectives.preferences import pearson
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.reward_models.tax import EnvParameterModel
 from bilevel_rl.schema import check_dataclass, check_range
 
 LeaderRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -370,9 +371,13 @@ class LeaderRewardObjective(Objective):
         return self.config.cost_coef * shaping_cost(paid, self.config.cost).double().cpu().numpy()
 
     def leader_rewards(self, batch: TrajectoryBatch, model: RewardModel) -> np.ndarray:
-        """``r̄_t`` of every step of ``batch``, ``(T, E)``."""
+        """``r̄_t`` of every step of ``batch``, ``(T, E)`` (an :class:`EnvParameterModel`'s own leader reward)."""
         obs, actions = batch.flat_obs(), batch.flat_actions()
-        base = self.base_rewards(obs, actions, batch.true_rewards.reshape(-1))
+        if self.reward_fn is None and isinstance(model, EnvParameterModel):
+            with torch.no_grad():
+                base = model.leader_reward(torch.as_tensor(obs), torch.as_tensor(actions)).double().cpu().numpy()
+        else:
+            base = self.base_rewards(obs, actions, batch.true_rewards.reshape(-1))
         return (base - self.step_costs(model, obs, actions)).reshape(batch.true_rewards.shape)
 
     def gather(
@@ -410,6 +415,8 @@ class LeaderRewardObjective(Objective):
         latest = self.latest
         if latest is not None and latest.batch is batch:
             out["shaping/leader_advantage_corr"] = pearson(shaped, latest.advantages.reshape(-1))
+        if isinstance(reward_model, EnvParameterModel):
+            out |= reward_model.parameter_metrics()
         return out
 
     @property
@@ -419,6 +426,14 @@ class LeaderRewardObjective(Objective):
 
     def eval_reward_fn(self, model: RewardModel, mix: RewardMix) -> LeaderStepReward | None:
         """Per-step ``r̄`` for evaluation episodes (``None`` when ``r̄`` is the dense reward: ``eval/true_return``)."""
+        if self.reward_fn is None and isinstance(model, EnvParameterModel):
+
+            def own(obs: np.ndarray, action: np.ndarray, env_reward: float) -> float:
+                with torch.no_grad():
+                    o, a = torch.as_tensor(np.asarray(obs)[None]), torch.as_tensor(np.asarray(action)[None])
+                    return float(model.leader_reward(o, a)[0])
+
+            return own
         if self.reward_fn is None and self.config.cost == "none":
             return None
 

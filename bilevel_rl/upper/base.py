@@ -163,6 +163,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "ppa": ("bilevel_rl.upper.ppa", "PPA", "PPAConfig"),
     "hessian_free": ("bilevel_rl.upper.hessian_free", "HessianFree", "HessianFreeConfig"),
     "meta_gradient": ("bilevel_rl.upper.meta_gradient", "MetaGradient", "MetaGradientConfig"),
+    "zero_order": ("bilevel_rl.upper.zero_order", "ZeroOrder", "ZeroOrderRuleConfig"),
 }
 """Config name → (module, rule class, hyperparameter dataclass)."""
 

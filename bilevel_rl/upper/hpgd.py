@@ -66,6 +66,7 @@ from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.reward_models.tax import EnvParameterModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import (
     expected_policy_reward,
@@ -79,7 +80,7 @@ from bilevel_rl.upper.estimators import (
     rule_temperature,
 )
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate, positive
-from bilevel_rl.upper.shaping import direct_cost_loss, score_surrogate
+from bilevel_rl.upper.shaping import direct_cost_loss, environment_loss, score_surrogate
 
 
 @dataclass
@@ -97,6 +98,9 @@ class HPGDConfig(LeaderOptimConfig):
         num_rollouts: ``J``, independent continuations per segment step (generative).
         rollout_horizon: generative: ``None`` = Alg. 2's truncation ``T ~ Geo(1 − γ)`` per continuation with
             undiscounted sums (unbiased); an integer ``T`` = fixed horizon with ``γ^t`` weights (bias ``O(γ^T)``).
+        transition_response: leader parameters that enter the dynamics (``reward_model=tax``): keep the
+            follower-response part of the transition term, ``∂_x Q_f ∋ γ_F E[V_f(s') ∇_x log P_x]`` (Thm. 1);
+            ``false`` drops it, as the authors' tax-design code does for the income tax.
     """
 
     name: str = "hpgd"
@@ -109,6 +113,7 @@ class HPGDConfig(LeaderOptimConfig):
     action_samples: int = 8
     num_rollouts: int = 1
     rollout_horizon: int | None = None
+    transition_response: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +166,16 @@ class HPGD(PreferenceRule):
         leader = data if isinstance(data, LeaderData) else None
         rule_temperature(follower, leader.config.follower_temperature if leader else None, self.name)
         self.gamma = rule_discount(follower, self.config.gamma) if self._needs_gamma(self.config) else 0.0
+        if isinstance(reward_model, EnvParameterModel) and reward_model.enters_transitions:
+            rule_discount(follower, self.config.gamma)  # the transition term needs γ_F: refuse early without one
+            if self.config.transition_response:
+                try:
+                    follower.soft_state_values(np.zeros((1, *(follower.observation_space.shape or ())), np.float32))
+                except NotImplementedError:
+                    raise ValueError(
+                        f"upper.transition_response=true needs the follower's soft values V_f; "
+                        f"{type(follower).__name__} has none (use follower=soft_dqn or upper.transition_response=false)"
+                    ) from None
 
     @override
     def surrogate(self, pairs: PreferencePairs, step: LeaderStep, prepared: Any) -> Surrogate:
@@ -206,7 +221,16 @@ class HPGD(PreferenceRule):
             "upper/implicit_grad_norm": grad_norm(implicit, params),
             "upper/cost": float(cost.detach()),
         }
-        return cost - implicit, terms
+        loss = cost - implicit
+        if isinstance(model, EnvParameterModel):  # x enters the environment: direct and transition terms
+            response = omega * data.advantages / lam if c.transition_response else None
+            follower_gamma = rule_discount(self.follower, c.gamma)
+            env_loss, env_terms = environment_loss(
+                model, self.follower, data, omega, response, follower_gamma * c.trace, follower_gamma
+            )
+            loss = loss + env_loss / norm
+            terms |= env_terms
+        return loss, terms
 
     def _trajectory_term(self, pairs: PreferencePairs, w: torch.Tensor, step: LeaderStep) -> torch.Tensor:
         """``Σ_k c_k r(s_k, a_k) − Σ_t w_t E_{a'~π} r(s_t, a')`` with ``c_k = w_k + γκ c_{k−1}`` per segment."""

@@ -24,6 +24,7 @@ import torch
 
 from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale, shaping_cost
 from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.reward_models.tax import EnvParameterModel
 from bilevel_rl.upper.estimators import expected_policy_reward
 
 if TYPE_CHECKING:
@@ -99,6 +100,56 @@ def direct_cost_loss(
     paid = follower_scale(model, leader.mix) * model(obs, actions)
     omega = torch.as_tensor(state_weights.reshape(-1), device=model.device, dtype=paid.dtype)
     return config.cost_coef * (omega * shaping_cost(paid, config.cost)).sum()
+
+
+def environment_loss(
+    model: EnvParameterModel,
+    follower: Follower,
+    data: LeaderBatch,
+    omega: np.ndarray,
+    response_weights: np.ndarray | None,
+    trace_decay: float,
+    follower_gamma: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Minus the terms of the leader's gradient that exist because ``x`` enters the environment (HPGD Thm. 1, eq. 8).
+
+    With ``J(x) = E^{π*_x, P_x}[Σ_t γ_L^t r̄_x(s_t, a_t)]`` the log-derivative of the trajectory density adds, to the
+    policy term of eq. (8), the direct and the transition terms
+
+        Σ_t ω_t ∇_x r̄_x(s_t, a_t)  +  Σ_t γ_L ω_t (V̄(s_{t+1}) − V̄(s_t)) ∇_x log P_x(s_{t+1}|s_t, a_t),
+
+    (``V̄(s_t)`` a baseline: ``E[∇ log P(·|s, a)] = 0``), and ``∂_x Q_f`` of the policy term gains
+    ``γ_F E[V_f(s') ∇_x log P_x(s'|s, a)]`` at every step of the follower's future (the soft Bellman equation
+    ``Q_f = r_x + γ_F E_{P_x} V_f`` differentiated in ``x``): with the forward trace ``c`` of the response weights
+    ``ω_t Ā_t / λ`` that is ``Σ_k c_k γ_F (V_f(s_{k+1}) − V_f(s_k)) ∇_x log P_x(s_{k+1}|s_k, a_k)``.
+    ``response_weights=None`` leaves that follower-response part out (what the HPGD authors' tax-design code
+    computes for the income tax). Transitions whose successor is not in the batch (episode ends, the last row) are
+    skipped. ``V̄`` are the critic's values of the gather (``returns − advantages``).
+    """
+    batch, dev = data.batch, model.device
+    obs, actions = flat_tensors(model, data)
+    leader_values = (data.returns - data.advantages).reshape(-1)
+    direct = (torch.as_tensor(omega.reshape(-1), device=dev) * model.leader_reward(obs, actions).double()).sum()
+    terms = {"upper/direct_reward_term": float(direct.detach())}
+    loss = -direct
+    if not model.enters_transitions:
+        return loss, terms
+    num_steps, num_envs = batch.true_rewards.shape
+    has_next = ~batch.dones.astype(bool)
+    has_next[-1] = False
+    idx = np.flatnonzero(has_next.reshape(-1))
+    if len(idx) == 0:
+        return loss, terms
+    nxt = idx + num_envs  # time-major flat index of (t + 1, e)
+    log_p = model.transition_log_prob(obs[idx], actions[idx], obs[nxt]).double()
+    coef = data.gamma * omega.reshape(-1)[idx] * (leader_values[nxt] - leader_values[idx])
+    if response_weights is not None:
+        c = forward_trace(response_weights, batch.episode_starts.astype(bool), trace_decay).reshape(-1)
+        v_f = follower.soft_state_values(batch.flat_obs())
+        coef = coef + c[idx] * follower_gamma * (v_f[nxt] - v_f[idx])
+    transition = (torch.as_tensor(coef, device=dev) * log_p).sum()
+    terms["upper/transition_term"] = float(transition.detach())
+    return loss - transition, terms
 
 
 def segment_weights(data: LeaderBatch, length: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
