@@ -1,6 +1,6 @@
 """Regularised (soft) DQN: SB3 DQN with the soft Bellman target and a Boltzmann policy at temperature λ.
 
-The follower of the HPGD paper's tax-design households (Thoma et al. 2024, §6.2 and App. F.3: "regularised deep
+The follower of the HPGD paper's tax-design households (Thoma et al. 2024, §5.2 and App. F.3: "regularised deep
 Q-learning"). With temperature λ > 0 the critic regresses onto the entropy-regularised (soft) Bellman target
 
     y = r + γ (1 − d) · λ · logsumexp_a' (Q_target(s', a') / λ),
