@@ -22,10 +22,10 @@ from bilevel_rl.logging import MetricLogger
 from bilevel_rl.objectives.base import Objective
 from bilevel_rl.objectives.leader_reward import GAECritic, LeaderRewardObjective
 from bilevel_rl.objectives.preferences import PreferenceObjective
-from bilevel_rl.reward_models.base import RewardModel
+from bilevel_rl.reward_models.base import EnvParameterModel, RewardModel
 from bilevel_rl.reward_models.cnn import make_cnn_reward_model
 from bilevel_rl.reward_models.mlp import make_reward_model
-from bilevel_rl.reward_models.tax import EnvParameterModel, TaxModel
+from bilevel_rl.reward_models.tax import TaxModel
 from bilevel_rl.trainer import Trainer
 from bilevel_rl.upper.base import rule_classes
 

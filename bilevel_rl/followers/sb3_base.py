@@ -329,7 +329,6 @@ class SB3Follower(Follower):
         self.extra_loss_count += 1
 
     @override
-    @override
     def set_leader_source(self, source: LeaderSource | None) -> None:
         """Give every training env (and the evaluation env) ``source``; refuse if no env reads parameters."""
         found = sum(attach_source(env, source) for env in self._vec_env().envs)

@@ -34,8 +34,7 @@ from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.followers.base import LeaderStepReward, RewardMix
 from bilevel_rl.objectives.base import Objective
 from bilevel_rl.objectives.preferences import pearson
-from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.reward_models.tax import EnvParameterModel
+from bilevel_rl.reward_models.base import EnvParameterModel, RewardModel
 from bilevel_rl.schema import check_dataclass, check_range
 
 LeaderRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

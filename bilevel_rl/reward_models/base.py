@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -120,3 +121,43 @@ class RewardModel(nn.Module, ABC):
             self.reward_shift.fill_(float(raw.mean()) if self.center else 0.0)
         finally:
             self.train(was_training)
+
+
+class EnvParameterModel(RewardModel):
+    """A leader module whose parameters enter the environment (incentive design: taxes, incentives).
+
+    Its ``forward`` is the follower's reward ``r_x(s, a)`` (so followers, relabelling and the rules' reward-gradient
+    terms work unchanged); it adds :meth:`env_parameters` (what the environment reads through
+    :class:`~bilevel_rl.envs.leader_params.LeaderParameters`), :meth:`leader_reward` (``r̄_x``, differentiable: HPGD
+    eq. (8)'s direct term) and :meth:`transition_log_prob` (``log P_x(s'|s, a)``, differentiable: the ``∇_x log P``
+    terms of HPGD Thm. 1 / eq. (8)). Example: :class:`~bilevel_rl.reward_models.tax.TaxModel`.
+    """
+
+    @abstractmethod
+    def env_parameters(self) -> np.ndarray:
+        """The current parameters as the environment reads them (``set_leader_parameters``)."""
+
+    @abstractmethod
+    def leader_reward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``r̄_x(s, a)`` of flat steps, differentiable in the parameters."""
+
+    def transition_log_prob(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """``log P_x(s'|s, a)`` of flat transitions, differentiable in the parameters (default: x-free dynamics)."""
+        return torch.zeros(len(obs), device=self.device)
+
+    @property
+    def enters_transitions(self) -> bool:
+        """Whether :meth:`transition_log_prob` depends on the parameters."""
+        return False
+
+    def parameter_metrics(self) -> dict[str, float]:
+        """``upper/param/<i>`` of the environment parameters (subclasses name them)."""
+        return {f"upper/param/{i}": float(v) for i, v in enumerate(self.env_parameters())}
+
+    def perturbed(self, direction: torch.Tensor, scale: float) -> EnvParameterModel:
+        """A copy with its raw parameter vector moved by ``scale · direction`` (the Zero-Order baseline's probe)."""
+        probe = copy.deepcopy(self)
+        with torch.no_grad():
+            flat = nn.utils.parameters_to_vector(probe.parameters())
+            nn.utils.vector_to_parameters(flat + scale * direction.to(flat), probe.parameters())
+        return probe

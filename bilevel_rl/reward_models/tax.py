@@ -1,18 +1,7 @@
-"""Leader parameters that enter the environment: the tax designer of HPGD §5.2 as a leader module.
+"""The tax designer of HPGD §5.2 as a leader module whose parameters enter the environment.
 
-In incentive design the leader's parameters ``x`` are not a shaping network: they enter the follower's reward
-*and* the transitions, and the leader's own reward depends on them too. :class:`EnvParameterModel` is the seam
-for such leaders. It is a :class:`~bilevel_rl.reward_models.base.RewardModel` (its ``forward`` is the follower's
-reward ``r_x(s, a)``, so the followers, relabelling and the rules' reward-gradient terms work unchanged) plus
-
-* :meth:`~EnvParameterModel.env_parameters`: the values the environment reads (through
-  :class:`~bilevel_rl.envs.leader_params.LeaderParameters`, which holds a source of them);
-* :meth:`~EnvParameterModel.leader_reward`: the leader's reward ``r̄_x(s, a)``, differentiable in ``x`` (HPGD
-  eq. (8)'s direct term ``∇_x r̄``);
-* :meth:`~EnvParameterModel.transition_log_prob`: ``log P_x(s'|s, a)``, differentiable in ``x`` (the ``∇_x log P``
-  terms of HPGD Thm. 1 / eq. (8) when the dynamics depend on ``x``).
-
-:class:`TaxModel` is the tax designer: ``tax = (x, y_1, y_2, y_3) = 2·sigmoid(w)`` (the authors' parameterisation,
+:class:`TaxModel` is an :class:`~bilevel_rl.reward_models.base.EnvParameterModel`: ``tax = (x, y_1, y_2, y_3) =
+2·sigmoid(w)`` (the authors' parameterisation,
 initialised at 0.3, App. F.3.1), the household utility as the follower's reward, the social welfare as the leader's
 reward, and the truncated-normal asset transition — the torch twins of the numpy functions of
 :mod:`bilevel_rl.envs.tax_design` (tests check they agree).
@@ -21,49 +10,13 @@ reward, and the truncated-normal asset transition — the torch twins of the num
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 
 import numpy as np
 import torch
 from torch import nn
 
 from bilevel_rl.envs import tax_design as td
-from bilevel_rl.reward_models.base import RewardModel
-
-
-class EnvParameterModel(RewardModel):
-    """A leader module whose parameters enter the environment (see the module docstring)."""
-
-    @abstractmethod
-    def env_parameters(self) -> np.ndarray:
-        """The current parameters as the environment reads them (``set_leader_parameters``)."""
-
-    @abstractmethod
-    def leader_reward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``r̄_x(s, a)`` of flat steps, differentiable in the parameters."""
-
-    def transition_log_prob(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        """``log P_x(s'|s, a)`` of flat transitions, differentiable in the parameters (default: x-free dynamics)."""
-        return torch.zeros(len(obs), device=self.device)
-
-    @property
-    def enters_transitions(self) -> bool:
-        """Whether :meth:`transition_log_prob` depends on the parameters."""
-        return False
-
-    def parameter_metrics(self) -> dict[str, float]:
-        """``upper/param/<i>`` of the environment parameters (subclasses name them)."""
-        return {f"upper/param/{i}": float(v) for i, v in enumerate(self.env_parameters())}
-
-    def perturbed(self, direction: torch.Tensor, scale: float) -> EnvParameterModel:
-        """A copy with its raw parameter vector moved by ``scale · direction`` (the Zero-Order baseline's probe)."""
-        import copy
-
-        probe = copy.deepcopy(self)
-        with torch.no_grad():
-            flat = nn.utils.parameters_to_vector(probe.parameters())
-            nn.utils.vector_to_parameters(flat + scale * direction.to(flat), probe.parameters())
-        return probe
+from bilevel_rl.reward_models.base import EnvParameterModel
 
 
 def _logit(p: float) -> float:

@@ -65,8 +65,7 @@ from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.data.segments import PreferencePairs
 from bilevel_rl.followers.base import Follower
 from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale
-from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.reward_models.tax import EnvParameterModel
+from bilevel_rl.reward_models.base import EnvParameterModel, RewardModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.estimators import (
     expected_policy_reward,

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from bilevel_rl.objectives.leader_reward import LeaderBatch, LeaderData, follower_scale, shaping_cost
-from bilevel_rl.reward_models.base import RewardModel
-from bilevel_rl.reward_models.tax import EnvParameterModel
+from bilevel_rl.reward_models.base import EnvParameterModel, RewardModel
 from bilevel_rl.upper.estimators import expected_policy_reward
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from bilevel_rl.capabilities import Capability, Requirements
 from bilevel_rl.objectives.leader_reward import LeaderBatch
-from bilevel_rl.reward_models.tax import EnvParameterModel
+from bilevel_rl.reward_models.base import EnvParameterModel
 from bilevel_rl.upper.base import LeaderStep
 from bilevel_rl.upper.preference_rule import LeaderOptimConfig, PreferenceRule, Surrogate, positive
 
