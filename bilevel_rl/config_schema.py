@@ -168,7 +168,11 @@ class OracleTeacherConfig:
 
 @dataclass
 class BradleyTerryTeacherConfig:
-    """``teacher=bradley_terry``: ``y ~ Bernoulli(σ((R0 − R1)/temperature))`` (the SoBiRL authors' code)."""
+    """``teacher=bradley_terry``: ``y ~ Bernoulli(σ((R0 − R1)/temperature))`` (the SoBiRL authors' code).
+
+    ``teacher=noisy`` is this schema at ``temperature = 1``: B-Pref's stochastic teacher with rationality ``β = 1``
+    (``β = 1/temperature``).
+    """
 
     name: Literal["bradley_terry"] = "bradley_terry"
     temperature: float = 1.0
@@ -177,6 +181,63 @@ class BradleyTerryTeacherConfig:
     def __post_init__(self) -> None:
         check_dataclass(self, "teacher")
         check_range(self, "teacher", "temperature", "clip")
+
+
+@dataclass
+class MistakeTeacherConfig:
+    """``teacher=mistake`` (B-Pref): the oracle's label, flipped with probability ``flip_prob`` (B-Pref: 0.1)."""
+
+    name: Literal["mistake"] = "mistake"
+    flip_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, "teacher")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"teacher.flip_prob: must be in [0, 1], got {self.flip_prob}")
+
+
+@dataclass
+class MyopicTeacherConfig:
+    """``teacher=myopic`` (B-Pref): the oracle on ``Σ_t gamma^(H−1−t) r_t``, later steps weigh more (0.9)."""
+
+    name: Literal["myopic"] = "myopic"
+    gamma: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, "teacher")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"teacher.gamma: must be in (0, 1], got {self.gamma}")
+
+
+@dataclass
+class ThresholdTeacherConfig:
+    """The relative threshold of B-Pref's ``skip`` and ``equal`` teachers (their shared fields).
+
+    Attributes:
+        eps: the threshold as a fraction of the mean true return of an ``H``-step segment of the newest batch (0.1).
+        square_eps_after_first: B-Pref's code: ``eps²`` instead of ``eps`` after the first round of queries.
+    """
+
+    eps: float = 0.1
+    square_eps_after_first: bool = False
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, "teacher")
+        check_range(self, "teacher", "eps", strict=False)
+
+
+@dataclass
+class SkipTeacherConfig(ThresholdTeacherConfig):
+    """``teacher=skip`` (B-Pref): skip a query when both returns are ``<= eps ·`` the mean recent segment return."""
+
+    name: Literal["skip"] = "skip"
+
+
+@dataclass
+class EqualTeacherConfig(ThresholdTeacherConfig):
+    """``teacher=equal`` (B-Pref): label 0.5 when the returns differ by ``< eps ·`` the mean recent segment return."""
+
+    name: Literal["equal"] = "equal"
 
 
 @dataclass
@@ -244,7 +305,14 @@ SECTIONS: dict[str, type] = {
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
     "objective": {"preferences": PreferencesObjectiveConfig, "leader_reward": LeaderRewardConfig},
     "reward_model": {"mlp": MLPRewardConfig, "cnn": CNNRewardConfig, "tax": TaxModelConfig},
-    "teacher": {"oracle": OracleTeacherConfig, "bradley_terry": BradleyTerryTeacherConfig},
+    "teacher": {
+        "oracle": OracleTeacherConfig,
+        "bradley_terry": BradleyTerryTeacherConfig,  # also teacher=noisy (B-Pref's stochastic teacher, β = 1)
+        "mistake": MistakeTeacherConfig,
+        "myopic": MyopicTeacherConfig,
+        "skip": SkipTeacherConfig,
+        "equal": EqualTeacherConfig,
+    },
 }
 
 

@@ -1,10 +1,10 @@
 """The RLHF objective: a teacher labels pairs of the follower's segments; the leader fits them (Bradley–Terry).
 
 Each outer iteration the follower's newest on-policy transitions are cut into ``segment_length``-step segments,
-paired at random and labelled by the teacher from their true returns (SoBiRL Alg. 5 line 4; Christiano et al.
-2017); the pairs enter a FIFO :class:`~bilevel_rl.data.preference_buffer.PreferenceBuffer`. Preference accuracy and
-the correlation of predicted with true segment returns are measured on the new pairs *before* the leader trains
-on them (held out).
+paired at random and labelled by the teacher from their true rewards (SoBiRL Alg. 5 line 4; Christiano et al.
+2017). The answered pairs enter a FIFO :class:`~bilevel_rl.data.preference_buffer.PreferenceBuffer`; a query the
+teacher skips (B-Pref's skip teacher) is dropped and counted. Preference accuracy and the correlation of predicted
+with true segment returns are measured on the new pairs *before* the leader trains on them (held out).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from bilevel_rl.data.preference_buffer import PreferenceBuffer
-from bilevel_rl.data.segments import PreferencePairs, make_pairs, stack_pairs
+from bilevel_rl.data.segments import PreferencePairs, SegmentBatch, make_pairs, stack_pairs
 from bilevel_rl.data.teachers import Teacher
 from bilevel_rl.data.trajectories import TrajectoryBatch
 from bilevel_rl.objectives.base import Objective
@@ -106,12 +106,17 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _select(segments: SegmentBatch, keep: np.ndarray) -> SegmentBatch:
+    """The segments where ``keep`` is true."""
+    return SegmentBatch(segments.obs[keep], segments.actions[keep], segments.true_rewards[keep], segments.mask[keep])
+
+
 class PreferenceObjective(Objective):
     """Teacher + preference buffer + pairing: the leader's data are labelled segment pairs.
 
     Args:
         config: buffer capacity and query schedule.
-        teacher: labels pairs from their true segment returns.
+        teacher: labels pairs from their true segment rewards (and may skip some).
     """
 
     name = "preferences"
@@ -120,6 +125,7 @@ class PreferenceObjective(Objective):
         self.config = config
         self.teacher = teacher
         self.buffer = PreferenceBuffer(config.capacity)
+        self.skipped_queries = 0
 
     @property
     def data(self) -> PreferenceBuffer:
@@ -129,26 +135,42 @@ class PreferenceObjective(Objective):
     def gather(
         self, batch: TrajectoryBatch, iteration: int, rng: np.random.Generator, reward_model: RewardModel
     ) -> dict[str, float]:
-        """Label ``initial_pairs`` (iteration 0) or ``pairs_per_iter`` new pairs; held-out metrics first."""
+        """Query ``initial_pairs`` (iteration 0) or ``pairs_per_iter`` new pairs; held-out metrics first.
+
+        Skipped queries do not enter the buffer: ``buffer/total_labels`` counts the answered ones,
+        ``buffer/skipped_queries`` the others (both cumulative).
+        """
         num_pairs = self.config.initial_pairs if iteration == 0 else self.config.pairs_per_iter
         if num_pairs == 0:
             return {}
         first, second = make_pairs(batch, self.config.segment_length, num_pairs, rng)
-        returns = np.stack([first.true_returns(), second.true_returns()], axis=1)
-        labels = self.teacher.label(returns, rng)
-        pairs = stack_pairs(first, second, labels, iteration)
+        # the teacher's scale: the mean true return of an H-step window of the newest behaviour (B-Pref's
+        # relative thresholds); the first round is the one before any query was asked (also after a resume)
+        self.teacher.calibrate(
+            self.config.segment_length * float(batch.true_rewards.mean()),
+            first_query=self.buffer.total_added + self.skipped_queries == 0,
+        )
+        rewards = np.stack([first.true_rewards, second.true_rewards], axis=1)
+        mask = np.stack([first.mask, second.mask], axis=1)
+        labels = self.teacher.label(self.teacher.segment_returns(rewards, mask), rng)
+        answered = ~np.isnan(labels)
+        self.skipped_queries += int((~answered).sum())
+        pairs = stack_pairs(_select(first, answered), _select(second, answered), labels[answered], iteration)
+        returns = pairs.true_returns()
         metrics = {
             "reward_model/pref_accuracy": preference_accuracy(reward_model, pairs),
-            "reward_model/tie_fraction": float(np.mean(labels == 0.5)),
+            "reward_model/tie_fraction": float(np.mean(pairs.labels == 0.5)) if len(pairs) else float("nan"),
             # what the teacher compares: segment returns (sparse per-step rewards, e.g. Atari, make the per-step
             # true_reward_corr a weak signal even for a reward that ranks segments well)
             "reward_model/segment_return_corr": pearson(
                 predicted_segment_returns(reward_model, pairs).reshape(-1), returns.reshape(-1)
             ),
+            **self.teacher.metrics(),
         }
         self.buffer.add(pairs)
         metrics["buffer/pairs"] = float(len(self.buffer))
-        metrics["buffer/total_labels"] = float(self.buffer.total_added)
+        metrics["buffer/total_labels"] = float(self.buffer.total_added)  # the queries the teacher answered
+        metrics["buffer/skipped_queries"] = float(self.skipped_queries)
         return metrics
 
     def epochs(self, iteration: int) -> int:
@@ -169,12 +191,13 @@ class PreferenceObjective(Objective):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The buffer's filled rows and counters."""
-        return {"buffer": self.buffer.state_dict()}
+        """The buffer's filled rows and counters, and the number of queries the teacher skipped."""
+        return {"buffer": self.buffer.state_dict(), "skipped_queries": self.skipped_queries}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the buffer in place (rules hold a reference to it)."""
         self.buffer.load_state_dict(state["buffer"])
+        self.skipped_queries = int(state.get("skipped_queries", 0))  # absent in checkpoints of older versions
 
     def save_artifacts(self, run_dir: Path) -> list[Path]:
         """``preferences.npz``: every stored pair with its label and the iteration that queried it."""
