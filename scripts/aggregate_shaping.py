@@ -29,14 +29,19 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ORDER = ["dense", "delayed", "meta_gradient", "hpgd", "sobirl", "pbrl"]
+ORDER = ["dense", "delayed", "meta_gradient", "hpgd", "sobirl", "pbrl", "pbrl_unclipped"]
 
 
 def row_label(cfg: dict) -> str:
-    """``dense`` / ``delayed`` for the baselines, else the rule's name (``sobirl_shaping`` → ``sobirl``)."""
+    """``dense`` / ``delayed`` for the baselines, else the rule's name (``sobirl_shaping`` → ``sobirl``).
+
+    PBRL runs without ``upper.policy_loss_clip`` are ``pbrl_unclipped`` (the plain score-function extra loss).
+    """
     name = cfg["upper"]["name"]
     if name == "true_reward":
         return "dense" if cfg["env"]["visible_reward"]["kind"] == "dense" else "delayed"
+    if name == "pbrl" and cfg["upper"].get("policy_loss_clip") is None:
+        return "pbrl_unclipped"  # runs before upper.policy_loss_clip existed (the plain extra loss collapsed PPO)
     return name
 
 

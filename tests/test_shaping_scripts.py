@@ -89,3 +89,12 @@ def test_archived_runs_aggregate_like_the_originals(tmp_path):
     again = subprocess.run([sys.executable, script, str(archive)], check=True, capture_output=True, text=True)
     strip = [ln.rsplit("|", 2)[0] for ln in first.stdout.splitlines()]  # all but the wall-time column
     assert strip == [ln.rsplit("|", 2)[0] for ln in again.stdout.splitlines()] and "| dense | 2 |" in again.stdout
+
+
+def test_pbrl_runs_without_the_clip_are_their_own_row():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from aggregate_shaping import row_label
+
+    base = {"upper": {"name": "pbrl"}, "env": {"visible_reward": {"kind": "delayed"}}}
+    assert row_label(base) == "pbrl_unclipped"
+    assert row_label({**base, "upper": {"name": "pbrl", "policy_loss_clip": 0.2}}) == "pbrl"
