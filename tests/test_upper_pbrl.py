@@ -313,8 +313,8 @@ def test_clipped_leader_policy_loss_has_the_score_function_gradient_then_stays_b
             opt.zero_grad()
             loss().backward()
             opt.step()
-            if float(policy.log_std) < -5.0:  # std < 0.007: collapsed (further steps reach NaN)
+            if float(policy.log_std.detach()) < -5.0:  # std < 0.007: collapsed (further steps reach NaN)
                 break
-        stds[clip] = float(policy.log_std.exp())
+        stds[clip] = float(policy.log_std.detach().exp())
     assert stds[None] < 0.01, stds  # the defect: the plain loss on a stale batch is unbounded below
     assert stds[0.2] > 0.6, stds
