@@ -169,7 +169,7 @@ class Trainer:
     def _diagnose(self, batch: TrajectoryBatch) -> dict[str, float]:
         t0 = time.perf_counter()
         if not self.rule.trains_leader:
-            return {"follower/true_reward_mean": float(batch.true_rewards.mean())}
+            return self.objective.baseline_metrics(batch, self.reward_model)
         metrics = self.objective.diagnose(batch, self.reward_model)
         metrics["time/diagnose_s"] = time.perf_counter() - t0
         return metrics

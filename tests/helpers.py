@@ -109,3 +109,19 @@ class ToyEnv(gym.Env[np.ndarray, int]):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         self.t += 1
         return self.observation_space.sample(), float(action), False, self.t >= self.horizon, {}
+
+
+def discrete_rlhf_run(run_dir: Path, env_id: str, total_steps: int = 600) -> pd.DataFrame:
+    """A short RLHF run (``exp=rules_cpu``, discrete SAC follower) on ``env_id`` from the CLI; its metrics."""
+    cli(
+        "exp=rules_cpu",
+        f"env.id={env_id}",
+        "follower=dsac",
+        "buffer.segment_length=10",
+        f"trainer.total_steps={total_steps}",
+        "trainer.steps_per_iter=200",
+        "trainer.initial_steps=200",
+        "progress=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    return pd.read_csv(run_dir / "metrics.csv")

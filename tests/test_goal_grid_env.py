@@ -57,21 +57,8 @@ def test_env_checker():
 
 def test_usable_with_env_id_from_the_cli(tmp_path):
     """An RLHF run on GoalGrid-v0 with the discrete SAC follower (the reward model learns the goal distance)."""
-    import pandas as pd
-
-    from tests.helpers import cli
+    from tests.helpers import discrete_rlhf_run
 
     run = tmp_path / "gg"
-    cli(
-        "exp=rules_cpu",
-        "env.id=GoalGrid-v0",
-        "follower=dsac",
-        "buffer.segment_length=10",
-        "trainer.total_steps=600",
-        "trainer.steps_per_iter=200",
-        "trainer.initial_steps=200",
-        "progress=false",
-        f"hydra.run.dir={run}",
-    )
-    df = pd.read_csv(run / "metrics.csv")
+    df = discrete_rlhf_run(run, "GoalGrid-v0")
     assert df["env_steps"].iloc[-1] == 600 and df["reward_model/true_reward_corr"].dropna().iloc[-1] > 0.5

@@ -170,3 +170,27 @@ def test_tax_design_resume_continues_exactly(tmp_path):
     cli(*TAX, "trainer.total_steps=2000", f"hydra.run.dir={part}")
     cli(f"checkpoint.resume_from={part}", "trainer.total_steps=3000")
     pd.testing.assert_frame_equal(metrics(full), metrics(part))
+
+
+def test_the_fixed_tax_baseline_logs_the_welfare_of_its_episodes():
+    """``upper=true_reward`` trains no leader but still logs ``follower/leader_return``: here the social welfare summed
+    over the one episode that starts and ends inside the batch (env 0); env 1's episode began before recording."""
+    from bilevel_rl.objectives.leader_reward import LeaderRewardConfig, LeaderRewardObjective
+
+    obs, act = random_steps(8, seed=3)
+    model = TaxModel(initial_tax=0.4)
+    batch = TrajectoryBatch(
+        obs=obs.reshape(4, 2, 2),
+        actions=act.reshape(4, 2),
+        true_rewards=np.zeros((4, 2), dtype=np.float32),
+        dones=np.array([[False, True], [False, False], [False, False], [True, False]]),
+        terminated=np.zeros((4, 2), dtype=bool),
+        episode_starts=np.array([[True, False], [False, True], [False, False], [False, False]]),
+        timesteps=np.array([[0, -1], [1, 0], [2, 1], [3, 2]]),
+    )
+    objective = LeaderRewardObjective(LeaderRewardConfig(), None, 0.9)  # type: ignore[arg-type]  # no critic needed
+    got = objective.baseline_metrics(batch, model)
+    _, hours, cons = td.decode_action(act)
+    welfare = td.social_welfare(obs[:, 0], hours, cons, 0.4, np.full(td.N_GOODS, 0.4)).reshape(4, 2)
+    assert got["follower/leader_return"] == pytest.approx(welfare[:, 0].sum())
+    assert got["follower/true_reward_mean"] == 0.0

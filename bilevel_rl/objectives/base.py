@@ -60,6 +60,10 @@ class Objective(ABC):
         """Quality of the leader's model on the iteration's transitions (no gradient)."""
         return {"follower/true_reward_mean": float(batch.true_rewards.mean())}
 
+    def baseline_metrics(self, batch: TrajectoryBatch, reward_model: RewardModel) -> dict[str, float]:
+        """What a run whose rule trains no leader (``upper=true_reward``) logs about the iteration's transitions."""
+        return {"follower/true_reward_mean": float(batch.true_rewards.mean())}
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly."""

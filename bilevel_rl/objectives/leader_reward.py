@@ -394,6 +394,17 @@ class LeaderRewardObjective(Objective):
         metrics["upper/advantage_std"] = float(advantages.std())
         return metrics
 
+    def baseline_metrics(self, batch: TrajectoryBatch, reward_model: RewardModel) -> dict[str, float]:
+        """Adds ``follower/leader_return``, the leader's return of the follower's episodes.
+
+        Baseline rows then have the same training curve as the leader rules' (e.g. welfare at fixed taxes).
+        """
+        metrics = super().baseline_metrics(batch, reward_model)
+        episodes = _episode_sums(batch, self.leader_rewards(batch, reward_model))
+        if episodes:
+            metrics["follower/leader_return"] = float(np.mean(episodes))
+        return metrics
+
     def epochs(self, iteration: int) -> int:
         """No leader step at iteration 0 (the critic's first fit); ``epochs_per_iter`` after."""
         return 0 if iteration == 0 or self.latest is None else self.config.epochs_per_iter
