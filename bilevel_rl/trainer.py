@@ -154,7 +154,15 @@ class Trainer:
 
     def _leader(self, batch: TrajectoryBatch, epochs: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        step = LeaderStep(self.objective.data, batch, self.iteration, epochs, self.rng, self.leader_generator)
+        step = LeaderStep(
+            self.objective.data,
+            batch,
+            self.iteration,
+            epochs,
+            self.rng,
+            self.leader_generator,
+            self.objective.stop_accuracy,
+        )
         metrics = self.rule.update(step)
         aux = self.rule.auxiliary_followers()
         if aux:

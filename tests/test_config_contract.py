@@ -27,6 +27,7 @@ FUZZ = [
     (["trainer.steps_per_iter=-5"], "trainer.steps_per_iter"),
     (["trainer.initial_steps=5000"], "trainer.initial_steps"),
     (["buffer.capacity=0"], "buffer.capacity"),
+    (["buffer.stop_accuracy=1.5"], "buffer.stop_accuracy"),
     (["buffer.segment_length=250"], "buffer.segment_length: 250 steps exceed the episode limit of Pendulum-v1"),
     (["env=hopper", "buffer.segment_length=5000"], "buffer.segment_length: 5000 steps exceed the episode limit"),
     (["follower.algo_kwargs.batch_size=0"], "follower.algo_kwargs.batch_size"),

@@ -182,6 +182,35 @@ def test_a_non_finite_leader_gradient_is_skipped_not_applied():
     assert rule.state_dict()["nonfinite_steps"] == 1
 
 
+def test_stop_accuracy_ends_the_update_after_the_first_epoch_above_it():
+    """buffer.stop_accuracy (B-Pref's early stop): the update runs the epochs of a fixed schedule up to and including
+    the first whose training accuracy exceeds the threshold, and leaves exactly the model that schedule would."""
+    from dataclasses import replace
+
+    def run(epochs, stop, per_epoch=False):
+        lab = make_rule_lab(seed=1)
+        rule = DRLHF(DRLHFConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, batch_size=25))
+        rule.attach(lab.follower, lab.reward_model)
+        buf, rng = lab.buffer(100, torch.Generator().manual_seed(2)), np.random.default_rng(3)
+        step = replace(leader_step(buf, epochs, rng, iteration=0), stop_accuracy=stop)
+        if per_epoch:  # one epoch per call: the same minibatch draws as one call over all epochs
+            accs = [rule.update(replace(step, epochs=1))["reward_model/train_accuracy"] for _ in range(epochs)]
+            return accs, lab.x.detach().clone()
+        out = rule.update(step)
+        return out, lab.x.detach().clone()
+
+    accs, _ = run(20, None, per_epoch=True)
+    threshold = 0.5 * (min(accs) + max(accs))
+    first = next(i for i, a in enumerate(accs) if a > threshold) + 1
+    assert 1 < first < 20
+    out, x_stop = run(20, threshold)
+    assert out["upper/epochs"] == first and out["reward_model/train_accuracy"] == accs[first - 1]
+    full, x_fixed = run(first, None)
+    assert full["upper/epochs"] == first and torch.equal(x_stop, x_fixed)
+    out_all, _ = run(20, None)
+    assert out_all["upper/epochs"] == 20
+
+
 @pytest.mark.parametrize(
     ("env", "steps", "env_id"),
     [

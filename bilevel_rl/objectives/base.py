@@ -56,6 +56,11 @@ class Objective(ABC):
     def epochs(self, iteration: int) -> int:
         """Leader epochs at this outer iteration (``0``: no leader update)."""
 
+    @property
+    def stop_accuracy(self) -> float | None:
+        """Training accuracy after which a leader update stops early (``None``: never; see ``LeaderStep``)."""
+        return None
+
     def diagnose(self, batch: TrajectoryBatch, reward_model: RewardModel) -> dict[str, float]:
         """Quality of the leader's model on the iteration's transitions (no gradient)."""
         return {"follower/true_reward_mean": float(batch.true_rewards.mean())}

@@ -37,6 +37,10 @@ class PreferenceObjectiveConfig:
         pairs_per_iter: new pairs per later iteration (6).
         warmup_epochs: leader epochs on the initial pairs (500).
         epochs_per_iter: leader epochs per later iteration (1).
+        stop_accuracy: stop a leader update (warm-up included) after the first epoch whose training accuracy over the
+            decided pairs exceeds this, as B-Pref's reward learning does (Lee et al. 2021, ``train_PEBBLE.py``:
+            ``if total_acc > 0.97: break``); the epoch counts above are then maxima. ``None`` (the papers' fixed
+            schedule, SoBiRL App. J.2) runs every epoch.
     """
 
     capacity: int = 3000
@@ -45,9 +49,12 @@ class PreferenceObjectiveConfig:
     pairs_per_iter: int = 6
     warmup_epochs: int = 500
     epochs_per_iter: int = 1
+    stop_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         check_dataclass(self, "buffer")
+        if self.stop_accuracy is not None and not 0.0 < self.stop_accuracy < 1.0:
+            raise ValueError(f"buffer.stop_accuracy: must be in (0, 1) or null, got {self.stop_accuracy}")
         check_range(self, "buffer", "capacity", "segment_length", low=1, strict=False)
         check_range(self, "buffer", "initial_pairs", "pairs_per_iter", "warmup_epochs", "epochs_per_iter", strict=False)
 
@@ -172,6 +179,11 @@ class PreferenceObjective(Objective):
         metrics["buffer/total_labels"] = float(self.buffer.total_added)  # the queries the teacher answered
         metrics["buffer/skipped_queries"] = float(self.skipped_queries)
         return metrics
+
+    @property
+    def stop_accuracy(self) -> float | None:
+        """``buffer.stop_accuracy``."""
+        return self.config.stop_accuracy
 
     def epochs(self, iteration: int) -> int:
         """``warmup_epochs`` at iteration 0, ``epochs_per_iter`` after; none while the buffer is empty."""

@@ -38,10 +38,12 @@ class LeaderStep:
         batch: the follower's on-policy transitions of the phase just finished (within-episode time indices
             included); ``None`` only when a rule is driven without a follower phase (unit checks).
         iteration: the outer iteration; ``0`` is the warm-up.
-        epochs: passes over the data.
+        epochs: passes over the data (at most, when ``stop_accuracy`` is set).
         rng: numpy generator (minibatch order, pair draws, rollouts).
         generator: torch generator for every leader-side torch sample (policy actions), owned and checkpointed by
             the trainer, so the follower's global torch stream is never touched by the leader.
+        stop_accuracy: preference rules stop after the first epoch whose training accuracy exceeds this
+            (``buffer.stop_accuracy``); ``None`` runs all ``epochs``.
     """
 
     data: Any
@@ -50,6 +52,7 @@ class LeaderStep:
     epochs: int
     rng: np.random.Generator
     generator: torch.Generator
+    stop_accuracy: float | None = None
 
     @property
     def preferences(self) -> PreferenceBuffer:

@@ -154,7 +154,11 @@ class PreferenceRule(UpperRule):
         terms: dict[str, list[float]] = {}
         correct = total = 0
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        epochs_run = 0
         for _ in range(step.epochs):  # metrics describe the last epoch
+            if epochs_run and step.stop_accuracy is not None and total and correct / total > step.stop_accuracy:
+                break  # B-Pref's early stop (buffer.stop_accuracy), on the accuracy of the epoch just run
+            epochs_run += 1
             losses.clear()
             grad_norms.clear()
             terms.clear()
@@ -191,6 +195,7 @@ class PreferenceRule(UpperRule):
                 "upper/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                 "reward_model/train_accuracy": correct / total if total else float("nan"),
                 "upper/nonfinite_steps": float(self.nonfinite_steps),
+                "upper/epochs": float(epochs_run),
             }
         )
         return out
