@@ -62,6 +62,17 @@ class TrajectoryBatch:
         """Actions flattened to ``(T*E, *act_shape)``."""
         return self.actions.reshape(-1, *self.actions.shape[2:])
 
+    def start_discounts(self, gamma: float) -> tuple[np.ndarray, int]:
+        """``γ^t`` per step (``(T, E)`` float64; 0 where the episode began before the batch) and the episode count.
+
+        ``t`` is the within-episode index from the episode start, so ``Σ_steps w·r / episodes`` estimates
+        ``E_{s_0~ρ}[Σ_t γ^t r(s_t, a_t)]`` (PBRL App. C.1, HPGD eq. (8)); episodes cut by the end of the batch lose
+        their tail.
+        """
+        t = self.timesteps
+        w = np.where(t >= 0, gamma ** np.maximum(t, 0).astype(np.float64), 0.0)
+        return w, int(self.episode_starts.sum())
+
     def episode_returns(self) -> list[float]:
         """True returns of the episodes that both start and end inside this batch."""
         out: list[float] = []

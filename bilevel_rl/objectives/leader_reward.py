@@ -164,12 +164,10 @@ class LeaderBatch:
         """
         if not discounted:
             return np.ones_like(self.leader_rewards, dtype=np.float64), float(self.leader_rewards.size)
-        t = self.batch.timesteps
-        w = np.where(t >= 0, self.gamma ** np.maximum(t, 0).astype(np.float64), 0.0)
-        episodes = float(self.batch.episode_starts.sum())
+        w, episodes = self.batch.start_discounts(self.gamma)
         if episodes == 0:
             raise ValueError("the follower batch holds no episode start; increase trainer.steps_per_iter")
-        return w, episodes
+        return w, float(episodes)
 
 
 class LeaderData:

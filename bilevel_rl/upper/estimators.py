@@ -100,29 +100,15 @@ def expected_policy_reward(
     return rewards.mean(dim=0)
 
 
-def discounted_from_start_weights(batch: TrajectoryBatch, gamma: float) -> tuple[np.ndarray, int]:
-    """Weights ``γ^t`` for steps whose episode start lies in the batch, and the number of such episodes.
-
-    ``t`` is the within-episode index, counted from the episode start (PBRL App. C.1 writes the value as a
-    discounted sum from ``s_0 ~ ρ``); ``Σ_steps w·r / episodes`` estimates ``E_{s_0~ρ}[Σ_t γ^t r(s_t, a_t)]``
-    (episodes cut by the end of the batch lose their tail).
-    """
-    t = batch.timesteps.astype(np.float64)
-    known = t >= 0
-    w = np.where(known, gamma ** np.where(known, t, 0.0), 0.0)
-    episodes = int(batch.episode_starts.sum())
-    return w.astype(np.float32), episodes
-
-
 def discounted_return_surrogate(model: RewardModel, batch: TrajectoryBatch, gamma: float) -> torch.Tensor:
     """``(1/#episodes) Σ_steps γ^t r_φ(s_t, a_t)``: its φ-gradient estimates ``∇_φ V^π_{r_φ}(ρ)`` (PBRL C.1)."""
-    w, episodes = discounted_from_start_weights(batch, gamma)
+    w, episodes = batch.start_discounts(gamma)
     if episodes == 0:
         raise ValueError("the follower batch holds no episode start; increase trainer.steps_per_iter")
     dev = model.device
     obs = torch.as_tensor(batch.flat_obs(), device=dev)
     actions = torch.as_tensor(batch.flat_actions(), device=dev)
-    weights = torch.as_tensor(w.reshape(-1), device=dev)
+    weights = torch.as_tensor(w.reshape(-1), dtype=torch.float32, device=dev)
     keep = weights > 0
     return (model(obs[keep], actions[keep]) * weights[keep]).sum() / episodes
 

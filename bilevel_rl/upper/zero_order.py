@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from typing_extensions import override
 
@@ -57,11 +56,10 @@ def discounted_leader_return(model: EnvParameterModel, data_or_batch: Any, gamma
     batch = data_or_batch.batch if isinstance(data_or_batch, LeaderBatch) else data_or_batch
     with torch.no_grad():
         r = model.leader_reward(torch.as_tensor(batch.flat_obs()), torch.as_tensor(batch.flat_actions()))
-    t = batch.timesteps.reshape(-1)
-    w = np.where(t >= 0, gamma ** np.maximum(t, 0).astype(np.float64), 0.0)
-    episodes = float(batch.episode_starts.sum())
+    w, episodes = batch.start_discounts(gamma)
     if episodes == 0:
         raise ValueError("the batch holds no episode start; increase trainer.steps_per_iter or upper.probe_steps")
+    w = w.reshape(-1)
     return float((w * r.double().cpu().numpy()).sum() / episodes)
 
 

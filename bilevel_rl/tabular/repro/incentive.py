@@ -45,7 +45,7 @@ import torch
 
 from bilevel_rl.tabular.core.sampling import Simulator, rollout, sample_states
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP, check_discount_and_temperature, solve_soft
-from bilevel_rl.tabular.repro.pbrl import discounted_returns
+from bilevel_rl.tabular.repro.pbrl import discounted_returns, entropy_direct, softmax_score
 from bilevel_rl.tabular.repro.stackelberg import joint_policy, neg_entropy
 
 Method = Literal["pbrl", "meta_gradient", "none"]
@@ -199,20 +199,14 @@ def sample(
     return IncentiveRollouts(ro.states, ro.actions // A2, ro.actions % A2)
 
 
-def score(pi: torch.Tensor, ro: IncentiveRollouts, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``(1/B) Σ_{i,t} w_{i,t} ∇_θ log π_θ(a_{i,t}|s_{i,t})`` for softmax logits (differentiable in ``weights``)."""
-    s, a, w = ro.states.reshape(-1), actions.reshape(-1), weights.reshape(-1)
-    g = (torch.nn.functional.one_hot(a, pi.shape[1]).to(pi.dtype) - pi.detach()[s]) * w[:, None]
-    return torch.zeros(pi.shape, dtype=g.dtype).index_add(0, s, g) / ro.states.shape[0]
+def _score(pi: torch.Tensor, ro: IncentiveRollouts, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """:func:`~bilevel_rl.tabular.repro.pbrl.softmax_score` over the rollouts' states and one player's actions."""
+    return softmax_score(pi, ro.states, actions, weights, ro.states.shape[0])
 
 
-def entropy_direct(pi: torch.Tensor, ro: IncentiveRollouts, gamma: float) -> torch.Tensor:
-    """``(1/B) Σ_{i,t} γ^t ∇_θ h(π_θ(s_{i,t}))`` (the pathwise part of a regulariser's gradient)."""
-    log_pi = torch.log(pi.detach())
-    dh = pi.detach() * (log_pi - (pi.detach() * log_pi).sum(-1, keepdim=True))
-    disc = (gamma ** torch.arange(ro.states.shape[1], dtype=DTYPE)).repeat(ro.states.shape[0])
-    s = ro.states.reshape(-1)
-    return torch.zeros_like(pi).index_add(0, s, disc[:, None] * dh[s]) / ro.states.shape[0]
+def _entropy(pi: torch.Tensor, ro: IncentiveRollouts, gamma: float) -> torch.Tensor:
+    """:func:`~bilevel_rl.tabular.repro.pbrl.entropy_direct` over the rollouts' states."""
+    return entropy_direct(pi, ro.states, gamma, ro.states.shape[0])
 
 
 def value_returns(
@@ -234,8 +228,8 @@ def value_pg(
     """
     g = value_returns(game, x, pi1, pi2, ro)
     if player == 1:
-        return score(pi1, ro, ro.a1, g) - game.tau * entropy_direct(pi1, ro, game.gamma)
-    return score(pi2, ro, ro.a2, g) + game.tau * entropy_direct(pi2, ro, game.gamma)
+        return _score(pi1, ro, ro.a1, g) - game.tau * _entropy(pi1, ro, game.gamma)
+    return _score(pi2, ro, ro.a2, g) + game.tau * _entropy(pi2, ro, game.gamma)
 
 
 def value_x_grad(game: IncentiveGame, x: torch.Tensor, ro: IncentiveRollouts) -> torch.Tensor:
@@ -250,7 +244,7 @@ def value_x_grad(game: IncentiveGame, x: torch.Tensor, ro: IncentiveRollouts) ->
 def designer_pg(game: IncentiveGame, pi: torch.Tensor, ro: IncentiveRollouts, player: int) -> torch.Tensor:
     """REINFORCE estimate of ``∇_{θ_player} J_id`` (``J_id = −f``) from rollouts under ``P_id``."""
     g = discounted_returns(game.r_id[ro.states, ro.a1, ro.a2], game.gamma)
-    return score(pi, ro, ro.a1 if player == 1 else ro.a2, g)
+    return _score(pi, ro, ro.a1 if player == 1 else ro.a2, g)
 
 
 # ---------------------------------------------------------------- the two methods

@@ -224,21 +224,25 @@ def discounted_returns(c: torch.Tensor, gamma: float) -> torch.Tensor:
     return c @ _return_operator(gamma, c.shape[1])
 
 
-def _score(
+def softmax_score(
     pi: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor, batch: int
 ) -> torch.Tensor:
-    """``(1/B) Σ_{i,t} w_{i,t} ∇_θ log π_θ(a_{i,t}|s_{i,t})`` for softmax logits (``∇ log π = e_a − π(s)``)."""
-    s, w = states.reshape(-1), weights.reshape(-1)
-    grad = torch.zeros_like(pi).index_put_((s, actions.reshape(-1)), w, accumulate=True)
-    return grad.index_add_(0, s, -w[:, None] * pi[s]) / batch
+    """``(1/B) Σ_{i,t} w_{i,t} ∇_θ log π_θ(a_{i,t}|s_{i,t})`` for softmax logits (``∇ log π = e_a − π(s)``).
+
+    Differentiable in ``weights`` (not in ``pi``: the score is evaluated at the sampling policy).
+    """
+    s, w, p = states.reshape(-1), weights.reshape(-1), pi.detach()
+    grad = torch.zeros(p.shape, dtype=w.dtype).index_put((s, actions.reshape(-1)), w, accumulate=True)
+    return grad.index_add(0, s, -w[:, None] * p[s]) / batch
 
 
-def _entropy_direct(pi: torch.Tensor, states: torch.Tensor, gamma: float, batch: int) -> torch.Tensor:
+def entropy_direct(pi: torch.Tensor, states: torch.Tensor, gamma: float, batch: int) -> torch.Tensor:
     """``(1/B) Σ_{i,t} γ^t ∇_θ h(π_θ(s_{i,t}))`` (the pathwise part of the regulariser's gradient)."""
-    log_pi = torch.log(pi)
-    dh = pi * (log_pi - (pi * log_pi).sum(-1, keepdim=True))
+    p = pi.detach()
+    log_pi = torch.log(p)
+    dh = p * (log_pi - (p * log_pi).sum(-1, keepdim=True))
     disc = (gamma ** torch.arange(states.shape[1], dtype=DTYPE)).repeat(states.shape[0])
-    grad = torch.zeros_like(pi).index_add_(0, states.reshape(-1), disc[:, None] * dh[states.reshape(-1)])
+    grad = torch.zeros_like(p).index_add_(0, states.reshape(-1), disc[:, None] * dh[states.reshape(-1)])
     return grad / batch
 
 
@@ -252,8 +256,8 @@ def mc_own_pg(game: AnyGame, roll: GameRollouts, pi: torch.Tensor, player: str) 
     """REINFORCE estimate of ``∇ V_⋆(ρ)`` w.r.t. player ⋆'s own logits (regulariser included)."""
     actions = roll.leader_actions if player == "leader" else roll.follower_actions
     w = _soft_returns(game, roll, player, pi)
-    direct = _entropy_direct(pi, roll.states, game.gamma, roll.batch)
-    return _score(pi, roll.states, actions, w, roll.batch) - game.tau * direct
+    direct = entropy_direct(pi, roll.states, game.gamma, roll.batch)
+    return softmax_score(pi, roll.states, actions, w, roll.batch) - game.tau * direct
 
 
 def mc_cross_pg(
@@ -264,7 +268,7 @@ def mc_cross_pg(
     ``pi_other`` is ⋆'s own policy: its regulariser enters the returns but not the gradient.
     """
     actions = roll.follower_actions if player == "leader" else roll.leader_actions
-    return _score(pi_param, roll.states, actions, _soft_returns(game, roll, player, pi_other), roll.batch)
+    return softmax_score(pi_param, roll.states, actions, _soft_returns(game, roll, player, pi_other), roll.batch)
 
 
 def _mixed_q_returns(game: AnyGame, roll: GameRollouts, pi_hat: torch.Tensor) -> torch.Tensor:
@@ -279,10 +283,10 @@ def mc_bellman_grads(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MC ``(∇_x p_B, ∇_y p_B)`` (Lemma 9(b)): ``mixed`` has ``a_f,0 ~ π_y`` then ``π̂``; ``hat`` is all ``π̂``."""
     g_mixed = _mixed_q_returns(game, mixed, pi_hat)
-    gx = _score(pi_x, hat.states, hat.leader_actions, _mixed_q_returns(game, hat, pi_hat), hat.batch)
-    gx = gx - _score(pi_x, mixed.states, mixed.leader_actions, g_mixed, mixed.batch)
+    gx = softmax_score(pi_x, hat.states, hat.leader_actions, _mixed_q_returns(game, hat, pi_hat), hat.batch)
+    gx = gx - softmax_score(pi_x, mixed.states, mixed.leader_actions, g_mixed, mixed.batch)
     s0, a0 = mixed.states[:, :1], mixed.follower_actions[:, :1]
-    return gx, _score(pi_y, s0, a0, game.tau * torch.log(pi_y[s0, a0]) - g_mixed[:, :1], mixed.batch)
+    return gx, softmax_score(pi_y, s0, a0, game.tau * torch.log(pi_y[s0, a0]) - g_mixed[:, :1], mixed.batch)
 
 
 # ---------------------------------------------------------------- Algorithm 1 and the independent-PG baseline
