@@ -150,25 +150,50 @@ def pooled_estimator(
         generator: the random stream.
         terminal: optional ``(S,)`` terminal mask.
     """
-    S, A = rbar.shape
-    gamma, lam = mdp.gamma, mdp.tau
     data = run_envs(mdp, pi, num_envs, steps_per_env, max_episode_steps, generator, terminal)
+    data["run"] = torch.zeros(num_envs, dtype=torch.long)
+    W_r, W_rbar = pooled_weights(data, rbar[None], mdp.gamma, mdp.tau, 1)
+    return GradientWeights(W_r[0], W_rbar[0], num_envs * steps_per_env)
+
+
+def pooled_weights(
+    data: dict[str, torch.Tensor], rbar: torch.Tensor, gamma: float, lam: float | torch.Tensor, num_runs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights ``(W_r, W_r̄)`` of :func:`pooled_estimator` for ``num_runs`` independent runs at once.
+
+    Args:
+        data: ``(T, N)`` tensors ``s``, ``a``, ``tau``, ``done``, ``complete`` of :func:`run_envs`, plus ``run (N,)``:
+            the run each environment column belongs to (each run's statistics use its own columns only).
+        rbar: ``(num_runs, S, A)`` each run's leader reward.
+        gamma: discount.
+        lam: follower temperature (a float, or one per run).
+        num_runs: number of runs.
+
+    Returns:
+        ``(num_runs, S, A)`` weights ``W_r`` and ``W_r̄``, divided by each run's number of finished episodes (zero
+        for a run without one).
+    """
+    R, S, A = rbar.shape
     s, a, tau, keep = data["s"], data["a"], data["tau"], data["complete"]
-    n_ep = int(data["done"].sum())
-    env_steps = num_envs * steps_per_env
-    if n_ep == 0:
-        return GradientWeights(torch.zeros(S, A, dtype=DTYPE), torch.zeros(S, A, dtype=DTYPE), env_steps)
+    run = data["run"][None, :].expand_as(s)
+    n_ep = torch.zeros(R, dtype=DTYPE).index_add_(0, data["run"], data["done"].sum(0).to(DTYPE))
+    rs = run * S + s  # a (run, state) row
+
+    def table(weights: torch.Tensor) -> torch.Tensor:
+        return visit_table(rs, a, weights, R * S, A).reshape(R, S, A)
+
     w = keep.to(DTYPE)
     disc = w * gamma ** tau.to(DTYPE)
-    G = discounted_to_go(rbar[s, a], tau, gamma)
-    n_sa = visit_table(s, a, w, S, A)
-    q_sum = visit_table(s, a, w * G, S, A)
-    n_s = n_sa.sum(1)
+    G = discounted_to_go(rbar[run, s, a], tau, gamma)
+    n_sa = table(w)
+    q_sum = table(w * G)
+    n_s = n_sa.sum(-1)
     Qbar = q_sum / n_sa.clamp_min(1.0)
-    Vbar = q_sum.sum(1) / n_s.clamp_min(1.0)
-    Abar = torch.where(n_sa > 0, Qbar - Vbar[:, None], 0.0)
-    W_rbar = visit_table(s, a, disc, S, A)  # c(s, a) = Σ_visits γ^τ, also the direct term's weight
-    cA = W_rbar * Abar / lam
-    omega = w * (cA[s, a] / n_sa[s, a].clamp_min(1.0) - cA.sum(1)[s] / n_s[s].clamp_min(1.0))
-    W_r = visit_table(s, a, w * discounted_from_start(omega, tau, gamma), S, A)
-    return GradientWeights(W_r / n_ep, W_rbar / n_ep, env_steps)
+    Vbar = q_sum.sum(-1) / n_s.clamp_min(1.0)
+    Abar = torch.where(n_sa > 0, Qbar - Vbar[..., None], 0.0)
+    W_rbar = table(disc)  # c(s, a) = Σ_visits γ^τ, also the direct term's weight
+    cA = W_rbar * Abar / (lam[:, None, None] if isinstance(lam, torch.Tensor) else lam)
+    omega = w * (cA[run, s, a] / n_sa[run, s, a].clamp_min(1.0) - cA.sum(-1)[run, s] / n_s[run, s].clamp_min(1.0))
+    W_r = table(w * discounted_from_start(omega, tau, gamma))
+    scale = torch.where(n_ep > 0, 1.0 / n_ep.clamp_min(1.0), 0.0)[:, None, None]
+    return W_r * scale, W_rbar * scale

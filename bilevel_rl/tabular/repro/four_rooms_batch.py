@@ -1,0 +1,377 @@
+"""HPGD Table 3 (HPGD §5.1) with many runs stepped side by side: the paper's budget on a CPU.
+
+The per-run loop of :mod:`bilevel_rl.tabular.repro.hpgd` (one run, one oracle solve per outer iteration) is far too
+slow for the paper's budget (10,000 outer iterations × 10 seeds × the learning-rate grid, and the ``C`` grid for
+Zero-Order). Here ``R`` runs of one (method, λ, β) cell — every (seed, learning rate[, C]) — share each outer
+iteration: their best responses are solved together (batched soft policy iteration, one LU factorisation per run and
+round), their HPGD trajectories are simulated together (``R × num_envs`` environments), and their exact gradients
+(AMD) and values (Zero-Order, the metric) reuse the same factorisations. The mathematics per run is the per-run code's:
+
+* the oracle ``π^o_{x,ξ}`` is the exact soft optimum (soft policy iteration to ``tol``, warm-started per context);
+* HPGD: ``ĝ`` is :func:`~bilevel_rl.tabular.checks.hpgd_trajectory.pooled_weights` (Prop. 1 with every-visit
+  Monte Carlo, the estimator of the authors' code) on ``num_envs × steps_per_env`` on-policy steps;
+* AMD (Alg. 9 at its fixed point): the exact ``d/dx V̄^{π*_{x,ξ}}(S)`` by implicit differentiation;
+* Zero-Order (Alg. 10): ``[f(x + u z) − f(x)] / u · z`` with ``u = C / t``;
+* update ``x ← x + α clip_{1}(ĝ)`` (ascent on the leader's return, i.e. Alg. 1's descent on ``F``).
+
+All runs of a batch draw from one ``torch.Generator`` (so a run's numbers depend on the batch it ran in; the batch
+composition and seed are part of the result). Tested against the per-run functions (``tests/test_four_rooms_batch.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
+from bilevel_rl.tabular.core.sampling import CategoricalTable
+from bilevel_rl.tabular.core.soft_mdp import DTYPE
+from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
+
+Method = Literal["hpgd", "amd", "zero_order"]
+
+
+class BatchFourRooms:
+    """Four-Rooms rewards and dynamics for a batch of runs (``x: (R, d)``, contexts ``ctx: (R,)`` in ``{0, 1}``).
+
+    Args:
+        env: the environment conventions (``FourRooms``: slip of the model, cost form, goal mask, ``β``).
+        sim_slip_prob: slip probability of the simulator that generates HPGD's trajectories (``None``: the model's).
+            The authors' simulator moves as chosen with probability ≈ 0.67 while their dynamic-programming model,
+            which gives the oracle and the metric, uses 5/9.
+    """
+
+    def __init__(self, env: FourRooms, sim_slip_prob: float | None = None) -> None:
+        self.env = env
+        self.S, self.A, self.d = env.num_states, env.num_actions, env.x_dim
+        self.gamma = env.config.gamma
+        self.P = torch.stack([env.transitions(xi) for xi in CONTEXTS])  # (2, S, A, S): the model
+        if sim_slip_prob is None:
+            P_sim = self.P
+        else:
+            from dataclasses import replace
+
+            sim = FourRooms(replace(env.config, slip_prob=sim_slip_prob))
+            P_sim = torch.stack([sim.transitions(xi) for xi in CONTEXTS])
+        self.sim_table = CategoricalTable(P_sim.reshape(-1, self.S))
+        self.goal = torch.tensor([env.goals[xi] for xi in CONTEXTS])
+        self.terminal = env.terminal()
+
+    def follower_reward(self, x: torch.Tensor, ctx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """``(R, S, A)``: ``r_ξ + r̃_x`` per run, temperatures ``lam (R,)`` (:meth:`FourRooms.follower_reward`)."""
+        env, R = self.env, x.shape[0]
+        pen = env.penalty(x)  # (R, cells)
+        cells = torch.arange(env.num_cells)
+        is_goal = (cells[None, :] == self.goal[ctx][:, None]).to(DTYPE)
+        if env.config.mask_goal_penalty:
+            pen = pen * (1.0 - is_goal)
+        sink = (-lam * math.log(self.A)).to(DTYPE)[:, None]
+        return torch.cat([is_goal + pen, sink], 1)[:, :, None].expand(R, self.S, self.A)
+
+    def leader_reward(self, x: torch.Tensor, ctx: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """``(R, S, A)``: ``r̄_{x,ξ} = 1{s = s+1} − β 1{s = G_ξ} cost(x)`` per run (``beta (R,)``)."""
+        env, R = self.env, x.shape[0]
+        states = torch.arange(self.S)
+        goal = (states[None, :] == self.goal[ctx][:, None]).to(DTYPE)
+        plus = (states == env.plus_one).to(DTYPE)[None, :]
+        rbar = plus - (beta * env.cost(x))[:, None] * goal
+        return rbar[:, :, None].expand(R, self.S, self.A)
+
+    # ------------------------------------------------------------------ exact linear algebra
+    def _groups(self, ctx: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """``(k, runs in context k)`` for the contexts present (the model ``P`` is shared within a context)."""
+        return [(k, idx) for k in range(len(CONTEXTS)) if len(idx := (ctx == k).nonzero()[:, 0])]
+
+    def _lu(self, pi: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LU factors of ``I − γ P^π`` per run."""
+        P_pi = torch.empty(pi.shape[0], self.S, self.S, dtype=DTYPE)
+        for k, idx in self._groups(ctx):
+            P_pi[idx] = torch.einsum("rsa,sat->rst", pi[idx], self.P[k])
+        return torch.linalg.lu_factor(torch.eye(self.S, dtype=DTYPE) - self.gamma * P_pi)
+
+    def evaluate(self, lu: tuple[torch.Tensor, torch.Tensor], step: torch.Tensor) -> torch.Tensor:
+        """``V = (I − γ P^π)^{-1} step`` per run (``step: (R, S)``)."""
+        return torch.linalg.lu_solve(*lu, step[..., None])[..., 0]
+
+    def q_values(self, ctx: torch.Tensor, r: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``r + γ P V`` per run."""
+        PV = torch.empty_like(r)
+        for k, idx in self._groups(ctx):
+            PV[idx] = (V[idx] @ self.P[k].reshape(-1, self.S).T).reshape(len(idx), self.S, self.A)
+        return r + self.gamma * PV
+
+    def expected_next(self, ctx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``Σ_{s,a} w(s, a) P(t | s, a)`` per run (``w: (R, S, A)`` → ``(R, S)``)."""
+        out = torch.empty(w.shape[0], self.S, dtype=DTYPE)
+        for k, idx in self._groups(ctx):
+            out[idx] = w[idx].reshape(len(idx), -1) @ self.P[k].reshape(-1, self.S)
+        return out
+
+    def solve(
+        self,
+        r: torch.Tensor,
+        ctx: torch.Tensor,
+        lam: torch.Tensor,
+        pi0: torch.Tensor,
+        tol: float = 1e-10,
+        max_iter: int = 100,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Soft policy iteration per run until ``max |ΔQ| < tol`` (runs that converged stop early).
+
+        Returns the last *evaluated* policy (within ``tol`` of the soft optimum) and the LU factors of its
+        ``I − γ P^π``, so values under it cost one more triangular solve.
+        """
+        pi, R = pi0.clone(), r.shape[0]
+        lu_piv = (torch.empty(R, self.S, self.S, dtype=DTYPE), torch.empty(R, self.S, dtype=torch.int32))
+        Q = torch.full_like(r, float("inf"))
+        active = torch.arange(R)
+        for _ in range(max_iter):
+            lu = self._lu(pi[active], ctx[active])
+            lu_piv[0][active], lu_piv[1][active] = lu
+            p, rr = pi[active], r[active]
+            lam_a = lam[active][:, None, None]
+            V = self.evaluate(lu, (p * (rr - lam_a * torch.log(p.clamp_min(1e-300)))).sum(-1))
+            Q_new = self.q_values(ctx[active], rr, V)
+            converged = (Q_new - Q[active]).abs().amax((1, 2)) < tol
+            Q[active] = Q_new
+            still = ~converged
+            pi[active[still]] = torch.softmax(Q_new[still] / lam_a[still], -1)
+            active = active[still]
+            if len(active) == 0:
+                break
+        return pi, lu_piv
+
+    def leader_values(
+        self,
+        x: torch.Tensor,
+        ctx: torch.Tensor,
+        beta: torch.Tensor,
+        pi: torch.Tensor,
+        lu: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``V̄^π(S)`` per run (HPGD eq. 7 as a return)."""
+        rbar = self.leader_reward(x, ctx, beta)
+        return self.evaluate(lu, (pi * rbar).sum(-1))[:, self.env.start]
+
+    def exact_gradient(
+        self,
+        x: torch.Tensor,
+        ctx: torch.Tensor,
+        lam: torch.Tensor,
+        beta: torch.Tensor,
+        pi: torch.Tensor,
+        lu: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d/dx V̄^{π*}(S), V̄^{π*}(S))`` per run by implicit differentiation (AMD; HPGD Thm. 1 with ``ν`` summed).
+
+        ``∂f/∂π(s, a) = d(s) Q̄(s, a)`` with ``d = (I − γ P^π)^{-T} e_S``; the adjoint of the soft-optimality
+        condition (:func:`~bilevel_rl.tabular.core.soft_mdp.implicit_policy_vjp`) turns it into reward weights ``W``;
+        the gradient is ``Σ d π ∇r̄ + Σ W ∇r`` (autograd through the batched reward tables).
+        """
+        xx = x.detach().clone().requires_grad_(True)
+        rbar = self.leader_reward(xx, ctx, beta)
+        with torch.no_grad():
+            Vbar = self.evaluate(lu, (pi * rbar).sum(-1))
+            e = torch.zeros(x.shape[0], self.S, dtype=DTYPE)
+            e[:, self.env.start] = 1.0
+            occ = torch.linalg.lu_solve(*lu, e[..., None], adjoint=True)[..., 0]  # d(s)
+            g_pi = occ[:, :, None] * self.q_values(ctx, rbar, Vbar)
+            w = pi * g_pi / lam[:, None, None]
+            u = self.gamma * self.expected_next(ctx, w) - w.sum(-1)
+            z = torch.linalg.lu_solve(*lu, u[..., None], adjoint=True)[..., 0]
+            W = w + z[:, :, None] * pi
+        total = (occ[:, :, None] * pi * rbar).sum() + (W * self.follower_reward(xx, ctx, lam)).sum()
+        (g,) = torch.autograd.grad(total, xx)
+        return g, Vbar[:, self.env.start]
+
+    # ------------------------------------------------------------------ HPGD's trajectories
+    def rollouts(
+        self,
+        pi: torch.Tensor,
+        ctx: torch.Tensor,
+        num_envs: int,
+        steps_per_env: int,
+        max_episode_steps: int,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """``num_envs`` auto-resetting simulator copies per run for ``steps_per_env`` steps (columns run-major).
+
+        The layout and episode rules of :func:`~bilevel_rl.tabular.checks.hpgd_trajectory.run_envs`: an episode ends
+        on entering the sink or after ``max_episode_steps``; restarts at ``S``. ``data["run"]`` maps columns to runs.
+        """
+        R = pi.shape[0]
+        run = torch.arange(R).repeat_interleave(num_envs)
+        N = len(run)
+        policy = CategoricalTable(pi.reshape(R * self.S, self.A))
+        start = self.env.start
+        s = torch.full((N,), start, dtype=torch.long)
+        t = torch.zeros_like(s)
+        policy_row, sim_row = run * self.S, ctx[run] * self.S
+        S_out = torch.empty(steps_per_env, N, dtype=torch.long)
+        A_out, T_out = torch.empty_like(S_out), torch.empty_like(S_out)
+        D_out = torch.empty(steps_per_env, N, dtype=torch.bool)
+        for k in range(steps_per_env):
+            a = policy.sample(policy_row + s, generator)
+            s2 = self.sim_table.sample((sim_row + s) * self.A + a, generator)
+            done = (t >= max_episode_steps - 1) | self.terminal[s2]
+            S_out[k], A_out[k], T_out[k], D_out[k] = s, a, t, done
+            s = torch.where(done, start, s2)
+            t = torch.where(done, 0, t + 1)
+        complete = torch.flip(torch.cummax(torch.flip(D_out.to(torch.int8), [0]), 0).values, [0]).bool()
+        return {"s": S_out, "a": A_out, "tau": T_out, "done": D_out, "complete": complete, "run": run}
+
+
+@dataclass
+class BatchConfig:
+    """Every (cell, seed, learning rate[, C]) run of one method in one batch (Table 3: the cells are (λ, β)).
+
+    Attributes:
+        method: ``hpgd``, ``amd`` or ``zero_order``.
+        cells: ``(λ, β)`` pairs (Table 3: λ ∈ {0.001, 0.003, 0.005} × β ∈ {1, 3, 5}).
+        seeds: seeds (the paper: 10).
+        lrs: learning rates (the paper's grid: 1, 0.5, 0.1, 0.05, 0.01).
+        Cs: Zero-Order's ``C`` of ``u_t = C / t`` (the paper's grid: 0.1, 0.5, 1, 2, 5); ignored otherwise.
+        iterations: outer iterations (the paper: 10,000).
+        window: the metric averages the last ``window`` iterations (the authors: 1,000).
+        metric: ``sampled`` (the authors' logged value: ``V̄`` of the iteration's sampled context at ``x_t``) or
+            ``average`` (both contexts at ``x_t``, as the per-run code reports).
+        clip_norm: global gradient-norm clip (1.0).
+        init_scale: ``x_0 ~ N(0, init_scale²)`` (0.01), drawn from the run's seed as in the per-run code.
+        num_envs: HPGD's parallel environments per run (the authors: 5).
+        steps_per_env: HPGD's steps per environment (the authors: 2,000; 10,000 steps per gradient).
+        max_episode_steps: episode cap (200).
+        tol: oracle tolerance on ``Q``.
+        curve_every: keep each run's metric value every this many iterations.
+        progress_every: print a progress line every this many iterations (0: never).
+    """
+
+    method: Method
+    cells: tuple[tuple[float, float], ...] = ((0.001, 1.0),)
+    seeds: tuple[int, ...] = tuple(range(10))
+    lrs: tuple[float, ...] = (1.0, 0.5, 0.1, 0.05, 0.01)
+    Cs: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
+    iterations: int = 10_000
+    window: int = 1_000
+    metric: Literal["sampled", "average"] = "sampled"
+    clip_norm: float = 1.0
+    init_scale: float = 0.01
+    num_envs: int = 5
+    steps_per_env: int = 2_000
+    max_episode_steps: int = 200
+    tol: float = 1e-10
+    curve_every: int = 100
+    progress_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("hpgd", "amd", "zero_order"):
+            raise ValueError(f"method: expected hpgd, amd or zero_order, got {self.method!r}")
+        if not 0 < self.window <= self.iterations:
+            raise ValueError(f"window: must be in [1, iterations={self.iterations}], got {self.window}")
+
+    def runs(self) -> list[dict[str, float]]:
+        """One dict per run: ``lam, beta, seed, lr, C`` (``C`` is NaN outside Zero-Order)."""
+        Cs = self.Cs if self.method == "zero_order" else (float("nan"),)
+        return [
+            {"lam": lam, "beta": beta, "seed": s, "lr": lr, "C": C}
+            for lam, beta in self.cells
+            for s in self.seeds
+            for lr in self.lrs
+            for C in Cs
+        ]
+
+
+@dataclass
+class BatchResult:
+    """Per-run outcomes of one batch (lists aligned with ``runs``)."""
+
+    runs: list[dict[str, float]]
+    metric: list[float]
+    budget_used: list[float]
+    curves: list[list[float]]
+    cpu_seconds: float
+    config: dict = field(default_factory=dict)
+
+
+def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Generator) -> BatchResult:
+    """Every run of ``config`` for ``config.iterations`` outer iterations (module docstring)."""
+    c, runs = config, config.runs()
+    R = len(runs)
+    col = {k: torch.tensor([r[k] for r in runs], dtype=DTYPE) for k in ("lam", "beta", "lr", "C")}
+    lam, beta, lr, C = col["lam"], col["beta"], col["lr"][:, None], col["C"][:, None]
+    x = torch.empty(R, problem.d, dtype=DTYPE)
+    for i, r in enumerate(runs):  # x_0 from the run's own seed, as the per-run code
+        own = torch.Generator().manual_seed(int(r["seed"]))
+        x[i] = c.init_scale * torch.randn(problem.d, generator=own, dtype=DTYPE)
+    uniform = torch.full((R, problem.S, problem.A), 1.0 / problem.A, dtype=DTYPE)
+    warm = [uniform.clone(), uniform.clone()]  # the last best response per context
+    window_sum = torch.zeros(R, dtype=DTYPE)
+    curves: list[list[float]] = [[] for _ in range(R)]
+    t0 = time.process_time()
+    for t in range(c.iterations):
+        ctx = torch.randint(len(CONTEXTS), (R,), generator=generator)
+        pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
+        pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
+        for k in range(len(CONTEXTS)):
+            warm[k][ctx == k] = pi[ctx == k]
+        if c.method == "amd":
+            g, value = problem.exact_gradient(x, ctx, lam, beta, pi, lu)
+        else:
+            value = problem.leader_values(x, ctx, beta, pi, lu)
+            if c.method == "hpgd":
+                data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
+                W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam, R)
+                xx = x.clone().requires_grad_(True)
+                total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
+                total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
+                (g,) = torch.autograd.grad(total, xx)
+            else:
+                u = C / (t + 1)
+                z = torch.randn(R, problem.d, generator=generator, dtype=DTYPE)
+                x1 = x + u * z
+                pi1, lu1 = problem.solve(problem.follower_reward(x1, ctx, lam), ctx, lam, pi, c.tol)
+                g = (problem.leader_values(x1, ctx, beta, pi1, lu1) - value)[:, None] / u * z
+        if c.metric == "average":
+            value = context_average(problem, x, lam, beta, warm, c.tol)
+        if t >= c.iterations - c.window:
+            window_sum += value
+        if t % c.curve_every == 0 or t == c.iterations - 1:
+            for i, v in enumerate(value.tolist()):
+                curves[i].append(v)
+        norm = g.norm(dim=1, keepdim=True)
+        x = x + lr * torch.where(norm > c.clip_norm, g * (c.clip_norm / norm.clamp_min(1e-300)), g)
+        if c.progress_every and (t + 1) % c.progress_every == 0:
+            elapsed = time.process_time() - t0
+            print(
+                f"[{c.method}] iteration {t + 1}/{c.iterations}: mean value {float(value.mean()):.4f}, "
+                f"{elapsed:.0f} CPU-s, {elapsed / (t + 1) * (c.iterations - t - 1) / 60:.1f} CPU-min left",
+                flush=True,
+            )
+    return BatchResult(
+        runs=runs,
+        metric=(window_sum / c.window).tolist(),
+        budget_used=(1.0 - torch.softmax(x, 1)[:, -1]).tolist(),
+        curves=curves,
+        cpu_seconds=time.process_time() - t0,
+        config=dict(vars(c)),
+    )
+
+
+def context_average(
+    problem: BatchFourRooms,
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    beta: torch.Tensor,
+    warm: list[torch.Tensor],
+    tol: float,
+) -> torch.Tensor:
+    """``E_ξ V̄^{π*_{x,ξ}}(S)`` per run (both contexts solved from the warm starts, which are left as they are)."""
+    values = []
+    for k in range(len(CONTEXTS)):
+        ctx = torch.full((x.shape[0],), k, dtype=torch.long)
+        pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, warm[k], tol)
+        values.append(problem.leader_values(x, ctx, beta, pi, lu))
+    return torch.stack(values).mean(0)
