@@ -116,3 +116,25 @@ def test_each_method_learns_where_spending_pays(method):
     gain = [m - float(b) for m, b in zip(result.metric, base, strict=True)]
     assert gain[0] > 0.02 and gain[1] > 0.02, gain
     assert result.budget_used[0] > 0.1 and result.budget_used[1] > 0.1
+
+
+def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
+    """The batched Table 3 script: one method's runs to JSON, then the report with a per-entry within_2se."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_hpgd_table3_batched.py"
+    spec = importlib.util.spec_from_file_location("table3_batched", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    common = ["--cells", "0.005:1", "--seeds", "2", "--lrs", "1.0", "0.1", "--iterations", "12", "--window", "4"]
+    assert mod.main(["--method", "amd", "--out", str(tmp_path / "amd.json"), *common, "--progress-every", "0"]) == 0
+    runs = json.loads((tmp_path / "amd.json").read_text())["runs"]
+    assert len(runs) == 4 and {r["lr"] for r in runs} == {1.0, 0.1}
+    md = tmp_path / "t3.md"
+    assert mod.main(["--report", str(tmp_path / "amd.json"), "--md", str(md)]) == 0
+    (entry,) = json.loads(md.with_suffix(".json").read_text())["entries"]
+    best = max((1.0, 0.1), key=lambda lr: sum(r["metric"] for r in runs if r["lr"] == lr))
+    assert entry["lr"] == best and entry["method"] == "AMD" and entry["paper_mean"] == 1.28
+    assert isinstance(entry["within_2se"], bool) and f"**{int(entry['within_2se'])} of 1**" in md.read_text()

@@ -64,6 +64,23 @@ ACTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (0, 1), (1, 0), (0, -1))
 """Up, right, down, left as (d_row, d_col)."""
 CONTEXTS: tuple[int, ...] = (1, 2)
 
+TABLE3_CELLS: tuple[tuple[float, float], ...] = tuple(
+    (lam, beta) for lam in (0.001, 0.003, 0.005) for beta in (1.0, 3.0, 5.0)
+)
+"""The (λ, β) cells of HPGD Table 3."""
+TABLE3: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
+    (0.001, 1.0): {"HPGD": (0.91, 0.088), "AMD": (0.58, 0.000), "Zero-Order": (0.59, 0.059)},
+    (0.001, 3.0): {"HPGD": (0.51, 0.006), "AMD": (0.51, 0.000), "Zero-Order": (0.50, 0.005)},
+    (0.001, 5.0): {"HPGD": (0.46, 0.006), "AMD": (0.46, 0.003), "Zero-Order": (0.46, 0.007)},
+    (0.003, 1.0): {"HPGD": (0.95, 0.002), "AMD": (1.00, 0.000), "Zero-Order": (0.91, 0.048)},
+    (0.003, 3.0): {"HPGD": (0.73, 0.001), "AMD": (0.39, 0.000), "Zero-Order": (0.40, 0.028)},
+    (0.003, 5.0): {"HPGD": (0.29, 0.003), "AMD": (0.32, 0.000), "Zero-Order": (0.32, 0.002)},
+    (0.005, 1.0): {"HPGD": (1.17, 0.011), "AMD": (1.28, 0.003), "Zero-Order": (1.15, 0.026)},
+    (0.005, 3.0): {"HPGD": (1.01, 0.002), "AMD": (1.13, 0.004), "Zero-Order": (1.02, 0.027)},
+    (0.005, 5.0): {"HPGD": (0.87, 0.003), "AMD": (0.97, 0.009), "Zero-Order": (0.79, 0.027)},
+}
+"""HPGD Table 3 (§5.1): (λ, β) → method → (mean, standard error over 10 seeds) of the leader's return."""
+
 
 @dataclass(frozen=True)
 class FourRoomsConfig:
