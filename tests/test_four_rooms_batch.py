@@ -67,6 +67,24 @@ def test_rollouts_follow_each_runs_own_policy_and_context():
         assert torch.equal(s[1:], expected)
 
 
+def test_rollout_draws_follow_the_policy_and_the_simulator():
+    """First-step frequencies over 40 000 copies per run: actions ~ π_r(S), next cells ~ Σ_a π_r(a|S) P_sim(·|S, a)."""
+    env = FourRooms(CODE)
+    problem = BatchFourRooms(env, sim_slip_prob=1.0 / 3.0)
+    sim = FourRooms(FourRoomsConfig(slip_prob=1.0 / 3.0))
+    pi = torch.softmax(torch.randn(2, problem.S, problem.A, generator=torch.Generator().manual_seed(5)), -1).to(DTYPE)
+    ctx, n = torch.tensor([1, 0]), 40_000
+    data = problem.rollouts(pi, ctx, n, 2, 200, torch.Generator().manual_seed(6))
+    for r in range(2):
+        cols = data["run"] == r
+        a, s1 = data["a"][0, cols], data["s"][1, cols]
+        freq_a = torch.bincount(a, minlength=4).to(DTYPE) / n
+        expected_s1 = pi[r, env.start] @ sim.transitions(CONTEXTS[int(ctx[r])])[env.start]
+        freq_s1 = torch.bincount(s1, minlength=problem.S).to(DTYPE) / n
+        assert (freq_a - pi[r, env.start]).abs().max() < 4 * (0.25 / n) ** 0.5
+        assert (freq_s1 - expected_s1).abs().max() < 4 * (0.25 / n) ** 0.5
+
+
 def test_pooled_weights_keep_runs_apart():
     """Two runs' weights computed together equal each run's weights computed alone (same columns)."""
     env = FourRooms(CODE)

@@ -28,11 +28,32 @@ from typing import Literal
 import torch
 
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
-from bilevel_rl.tabular.core.sampling import CategoricalTable
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
 Method = Literal["hpgd", "amd", "zero_order"]
+
+
+def pin_cdf(probs: torch.Tensor) -> torch.Tensor:
+    """Row CDFs of ``probs (N, K)``, pinned to exactly 1 from each row's last outcome of positive probability on.
+
+    A draw is ``#{k : u >= cdf[k]}`` for ``u ~ U[0, 1)``: an outcome of zero probability is never drawn (the
+    convention of :class:`~bilevel_rl.tabular.core.sampling.CategoricalTable`).
+    """
+    cdf = probs.detach().to(DTYPE).cumsum(-1)
+    last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
+    return torch.where(torch.arange(probs.shape[-1]) >= last, torch.ones((), dtype=DTYPE), cdf)
+
+
+def sparse_cdf(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(next, cdf)``, each ``(N, K)``: the at most ``K`` successors of every row of ``P (N, S)`` and their pinned CDF.
+
+    Four-Rooms moves to at most five cells, so sampling a successor compares ``u`` with five numbers instead of
+    searching a row of ``S``.
+    """
+    K = int((P > 0).sum(-1).max())
+    probs, nxt = torch.sort(P, dim=-1, descending=True)
+    return nxt[:, :K].contiguous(), pin_cdf(probs[:, :K])
 
 
 class BatchFourRooms:
@@ -57,7 +78,7 @@ class BatchFourRooms:
 
             sim = FourRooms(replace(env.config, slip_prob=sim_slip_prob))
             P_sim = torch.stack([sim.transitions(xi) for xi in CONTEXTS])
-        self.sim_table = CategoricalTable(P_sim.reshape(-1, self.S))
+        self.sim_next, self.sim_cdf = sparse_cdf(P_sim.reshape(-1, self.S))
         self.goal = torch.tensor([env.goals[xi] for xi in CONTEXTS])
         self.terminal = env.terminal()
 
@@ -206,7 +227,7 @@ class BatchFourRooms:
         R = pi.shape[0]
         run = torch.arange(R).repeat_interleave(num_envs)
         N = len(run)
-        policy = CategoricalTable(pi.reshape(R * self.S, self.A))
+        policy_cdf = pin_cdf(pi.reshape(R * self.S, self.A))
         start = self.env.start
         s = torch.full((N,), start, dtype=torch.long)
         t = torch.zeros_like(s)
@@ -214,9 +235,12 @@ class BatchFourRooms:
         S_out = torch.empty(steps_per_env, N, dtype=torch.long)
         A_out, T_out = torch.empty_like(S_out), torch.empty_like(S_out)
         D_out = torch.empty(steps_per_env, N, dtype=torch.bool)
+        last_a, last_k = self.A - 1, self.sim_cdf.shape[1] - 1
         for k in range(steps_per_env):
-            a = policy.sample(policy_row + s, generator)
-            s2 = self.sim_table.sample((sim_row + s) * self.A + a, generator)
+            u = torch.rand(2, N, 1, generator=generator, dtype=DTYPE)
+            a = (u[0] >= policy_cdf[policy_row + s]).sum(1).clamp_(max=last_a)
+            row = (sim_row + s) * self.A + a
+            s2 = self.sim_next[row, (u[1] >= self.sim_cdf[row]).sum(1).clamp_(max=last_k)]
             done = (t >= max_episode_steps - 1) | self.terminal[s2]
             S_out[k], A_out[k], T_out[k], D_out[k] = s, a, t, done
             s = torch.where(done, start, s2)
