@@ -22,10 +22,12 @@ Scope: the leader controls the follower's reward only (Four-Rooms), so ``∇_x l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from bilevel_rl.tabular.checks.hpgd import GradientWeights
-from bilevel_rl.tabular.core.sampling import CategoricalTable, EnvBatch, Simulator, visit_table
+from bilevel_rl.tabular.core.sampling import CategoricalTable, EnvBatch, Simulator
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP
 
 
@@ -70,17 +72,47 @@ def _unflat(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return flat.reshape(shape[1], shape[0]).T
 
 
-def _rescaling_is_inaccurate(tau: torch.Tensor, gamma: float) -> bool:
-    return tau.numel() > 0 and gamma ** float(tau.max()) < 1e-6
+class FlatEpisodes:
+    """Episode boundaries of a flat, environment-major sequence of steps (episodes start where ``τ = 0``).
+
+    Discounted sums within episodes are vectorised as rescaled cumulative sums (``γ^{±τ}``); built once, they serve
+    every quantity of a batch. Callers check :func:`rescaling_is_accurate` first.
+    """
+
+    def __init__(self, tau: torch.Tensor, gamma: float) -> None:
+        n = tau.numel()
+        self.n = n
+        self.scale = (gamma ** torch.arange(int(tau.max()) + 1 if n else 1, dtype=DTYPE))[tau]
+        index = torch.arange(n)
+        starts = torch.where(tau == 0, index, n)
+        later_starts = torch.flip(torch.cummin(torch.flip(starts, [0]), 0).values, [0])
+        self.next_start = torch.cat([later_starts[1:], torch.tensor([n])])
+        self.start = torch.cummax(torch.where(tau == 0, index, 0), 0).values
+
+    def to_go(self, v: torch.Tensor) -> torch.Tensor:
+        """``G_t = Σ_{k ≥ t, same episode} γ^{k-t} v_k``."""
+        suffix = torch.flip(torch.cumsum(torch.flip(v * self.scale, [0]), 0), [0])
+        suffix = torch.cat([suffix, torch.zeros(1, dtype=DTYPE)])
+        return (suffix[: self.n] - suffix[self.next_start]) / self.scale
+
+    def from_start(self, v: torch.Tensor) -> torch.Tensor:
+        """``C_t = Σ_{k ≤ t, same episode} γ^{t-k} v_k``."""
+        prefix = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(v / self.scale, 0)])
+        return (prefix[1:] - prefix[self.start]) * self.scale
+
+
+def rescaling_is_accurate(tau: torch.Tensor, gamma: float) -> bool:
+    """Whether ``γ^{max τ}`` is large enough (``≥ 10⁻⁶``) for :class:`FlatEpisodes`' rescaled sums."""
+    return tau.numel() == 0 or gamma ** float(tau.max()) >= 1e-6
 
 
 def discounted_to_go(values: torch.Tensor, tau: torch.Tensor, gamma: float) -> torch.Tensor:
     """``G_t = Σ_{k ≥ t, same episode} γ^{k-t} v_k`` on ``(T, E)`` tensors (episodes start where ``τ = 0``).
 
-    Vectorised as ``γ^{-τ_t} (suffix-sum of γ^τ v)`` reset at episode boundaries; a time loop is used instead
-    when ``γ^{max τ}`` is too small for this rescaling to be accurate.
+    Vectorised by :class:`FlatEpisodes`; a time loop is used instead when ``γ^{max τ}`` is too small for the
+    rescaling to be accurate.
     """
-    if _rescaling_is_inaccurate(tau, gamma):
+    if not rescaling_is_accurate(tau, gamma):
         out = torch.zeros(values.shape, dtype=DTYPE)
         run = torch.zeros(values.shape[1], dtype=DTYPE)
         for t in range(values.shape[0] - 1, -1, -1):
@@ -88,31 +120,19 @@ def discounted_to_go(values: torch.Tensor, tau: torch.Tensor, gamma: float) -> t
             run = values[t] + gamma * torch.where(next_start, 0.0, run)
             out[t] = run
         return out
-    v, tt = _flat(values).to(DTYPE), _flat(tau)
-    n = v.numel()
-    scale = gamma ** tt.to(DTYPE)
-    suffix = torch.cat([torch.flip(torch.cumsum(torch.flip(v * scale, [0]), 0), [0]), torch.zeros(1, dtype=DTYPE)])
-    starts = torch.where(tt == 0, torch.arange(n), n)
-    later_starts = torch.flip(torch.cummin(torch.flip(starts, [0]), 0).values, [0])
-    next_start = torch.cat([later_starts[1:], torch.tensor([n])])
-    return _unflat((suffix[:n] - suffix[next_start]) / scale, values.shape)
+    return _unflat(FlatEpisodes(_flat(tau), gamma).to_go(_flat(values).to(DTYPE)), values.shape)
 
 
 def discounted_from_start(values: torch.Tensor, tau: torch.Tensor, gamma: float) -> torch.Tensor:
     """``C_t = Σ_{k ≤ t, same episode} γ^{t-k} v_k`` on ``(T, E)`` tensors (forward; resets where ``τ = 0``)."""
-    if _rescaling_is_inaccurate(tau, gamma):
+    if not rescaling_is_accurate(tau, gamma):
         out = torch.zeros(values.shape, dtype=DTYPE)
         run = torch.zeros(values.shape[1], dtype=DTYPE)
         for t in range(values.shape[0]):
             run = values[t] + gamma * torch.where(tau[t] == 0, 0.0, run)
             out[t] = run
         return out
-    v, tt = _flat(values).to(DTYPE), _flat(tau)
-    n = v.numel()
-    scale = gamma ** tt.to(DTYPE)
-    prefix = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(v / scale, 0)])
-    start = torch.cummax(torch.where(tt == 0, torch.arange(n), 0), 0).values
-    return _unflat((prefix[1:] - prefix[start]) * scale, values.shape)
+    return _unflat(FlatEpisodes(_flat(tau), gamma).from_start(_flat(values).to(DTYPE)), values.shape)
 
 
 def pooled_estimator(
@@ -174,26 +194,43 @@ def pooled_weights(
         for a run without one).
     """
     R, S, A = rbar.shape
-    s, a, tau, keep = data["s"], data["a"], data["tau"], data["complete"]
-    run = data["run"][None, :].expand_as(s)
+    T = data["s"].shape[0]
     n_ep = torch.zeros(R, dtype=DTYPE).index_add_(0, data["run"], data["done"].sum(0).to(DTYPE))
-    rs = run * S + s  # a (run, state) row
+    scale = torch.where(n_ep > 0, 1.0 / n_ep.clamp_min(1.0), 0.0)[:, None, None]
+    tau = _flat(data["tau"])
+    to_go: Callable[[torch.Tensor], torch.Tensor]
+    from_start: Callable[[torch.Tensor], torch.Tensor]
+    if rescaling_is_accurate(tau, gamma):
+        episodes = FlatEpisodes(tau, gamma)
+        to_go, from_start, discount = episodes.to_go, episodes.from_start, episodes.scale
+    else:  # long episodes at a small γ: the time loops of discounted_to_go / discounted_from_start
+
+        def to_go(v: torch.Tensor) -> torch.Tensor:
+            return _flat(discounted_to_go(_unflat(v, data["tau"].shape), data["tau"], gamma))
+
+        def from_start(v: torch.Tensor) -> torch.Tensor:
+            return _flat(discounted_from_start(_unflat(v, data["tau"].shape), data["tau"], gamma))
+
+        discount = gamma ** tau.to(DTYPE)
+    # every per-step quantity in flat environment-major order (tables do not depend on the order)
+    idx_s = data["run"].repeat_interleave(T) * S + _flat(data["s"])
+    idx_sa = idx_s * A + _flat(data["a"])
+    w = _flat(data["complete"]).to(DTYPE)
 
     def table(weights: torch.Tensor) -> torch.Tensor:
-        return visit_table(rs, a, weights, R * S, A).reshape(R, S, A)
+        return torch.bincount(idx_sa, weights=weights, minlength=R * S * A).reshape(R, S, A)
 
-    w = keep.to(DTYPE)
-    disc = w * gamma ** tau.to(DTYPE)
-    G = discounted_to_go(rbar[run, s, a], tau, gamma)
+    G = to_go(rbar.reshape(-1)[idx_sa].to(DTYPE))
     n_sa = table(w)
     q_sum = table(w * G)
     n_s = n_sa.sum(-1)
     Qbar = q_sum / n_sa.clamp_min(1.0)
     Vbar = q_sum.sum(-1) / n_s.clamp_min(1.0)
     Abar = torch.where(n_sa > 0, Qbar - Vbar[..., None], 0.0)
-    W_rbar = table(disc)  # c(s, a) = Σ_visits γ^τ, also the direct term's weight
+    W_rbar = table(w * discount)  # c(s, a) = Σ_visits γ^τ, also the direct term's weight
     cA = W_rbar * Abar / (lam[:, None, None] if isinstance(lam, torch.Tensor) else lam)
-    omega = w * (cA[run, s, a] / n_sa[run, s, a].clamp_min(1.0) - cA.sum(-1)[run, s] / n_s[run, s].clamp_min(1.0))
-    W_r = table(w * discounted_from_start(omega, tau, gamma))
-    scale = torch.where(n_ep > 0, 1.0 / n_ep.clamp_min(1.0), 0.0)[:, None, None]
+    per_sa = (cA / n_sa.clamp_min(1.0)).reshape(-1)
+    per_s = (cA.sum(-1) / n_s.clamp_min(1.0)).reshape(-1)
+    omega = w * (per_sa[idx_sa] - per_s[idx_s])
+    W_r = table(w * from_start(omega))
     return W_r * scale, W_rbar * scale
