@@ -13,7 +13,8 @@ per-entry ``within_2se`` in a companion JSON.
 Conventions (``--convention``): ``authors`` (default) is what the authors' code computes behind the table: the oracle
 and the metric use their dynamic-programming model (chosen direction with probability 5/9, each other 4/27), HPGD's
 trajectories come from their simulator (2/3, 1/9 each), the cost is charged per state and the active goal carries no
-penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal penalised). The metric (``--metric``):
+penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal penalised). ``--model-slip``,
+``--sim-slip``, ``--cost`` and ``--goal`` change one convention at a time (the ablation). The metric (``--metric``):
 ``sampled`` (the authors' logged value, ``V̄`` of the iteration's sampled context) or ``average`` (both contexts).
 Scores: each run's metric averaged over the last ``--window`` iterations; per cell and method the (lr[, C]) with the
 best mean over seeds; mean ± standard error with ``std(ddof=0)/√n`` (numpy's default, the authors' notebook).
@@ -41,10 +42,30 @@ from bilevel_rl.tabular.repro.four_rooms_batch import BatchConfig, BatchFourRoom
 
 LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
 CONVENTIONS = {
-    # (model config, simulator slip)
-    "authors": (FourRoomsConfig(slip_prob=4.0 / 9.0, cost_over_actions=False, mask_goal_penalty=True), 1.0 / 3.0),
-    "paper": (FourRoomsConfig(), None),
+    # model slip, simulator slip, cost over (s, a), goal penalised
+    "authors": (4.0 / 9.0, 1.0 / 3.0, False, False),
+    "paper": (1.0 / 3.0, 1.0 / 3.0, True, True),
 }
+
+
+def environment_for(args: argparse.Namespace) -> tuple[str, FourRoomsConfig, float]:
+    """The environment of ``--convention`` with the one-at-a-time overrides (``--model-slip`` ... ``--goal``)."""
+    model_slip, sim_slip, over_actions, goal_paid = CONVENTIONS[args.convention]
+    parts = [args.convention]
+    if args.model_slip is not None:
+        model_slip = args.model_slip
+        parts.append(f"model-slip={args.model_slip:g}")
+    if args.sim_slip is not None:
+        sim_slip = args.sim_slip
+        parts.append(f"sim-slip={args.sim_slip:g}")
+    if args.cost is not None:
+        over_actions = args.cost == "state-action"
+        parts.append(f"cost={args.cost}")
+    if args.goal is not None:
+        goal_paid = args.goal == "penalised"
+        parts.append(f"goal={args.goal}")
+    cfg = FourRoomsConfig(slip_prob=model_slip, cost_over_actions=over_actions, mask_goal_penalty=not goal_paid)
+    return "+".join(parts), cfg, sim_slip
 
 
 def parse_cells(text: str) -> tuple[tuple[float, float], ...]:
@@ -55,7 +76,7 @@ def parse_cells(text: str) -> tuple[tuple[float, float], ...]:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    env_cfg, sim_slip = CONVENTIONS[args.convention]
+    name, env_cfg, sim_slip = environment_for(args)
     problem = BatchFourRooms(FourRooms(env_cfg), sim_slip_prob=sim_slip)
     config = BatchConfig(
         method=args.method,
@@ -70,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
         steps_per_env=args.steps_per_env,
         progress_every=args.progress_every,
     )
-    print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({args.convention})", flush=True)
+    print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     result = run_batch(problem, config, torch.Generator().manual_seed(args.seed))
     record = {
         "method": args.method,
-        "convention": args.convention,
+        "convention": name,
         "metric_kind": args.metric,
         "batch_seed": args.seed,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in result.config.items()},
@@ -149,7 +170,7 @@ def report(paths: list[str], md: Path) -> int:
     cpu = {LABEL[m]: by_method[m]["cpu_seconds"] / 60 for m in methods}
     cfg, first = records[0]["config"], records[0]
     command = f"python scripts/reproduce_hpgd_table3_batched.py --report {' '.join(paths)} --md {md}"
-    runs_of = f"--method <m> --convention {convention} --metric {metric_kind}"
+    runs_of = f"--method <m>, convention {convention}, --metric {metric_kind}"
     lines = [
         "# HPGD Table 3 (Four-Rooms, HPGD §5.1) at the paper's budget, batched runs",
         "",
@@ -185,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", nargs="+", help="JSON files to tabulate (one convention)")
     ap.add_argument("--md", type=Path, default=Path("docs/results/hpgd_table3_batched.md"))
     ap.add_argument("--convention", choices=sorted(CONVENTIONS), default="authors")
+    ap.add_argument("--model-slip", type=float, help="override: slip of the oracle's and the metric's model")
+    ap.add_argument("--sim-slip", type=float, help="override: slip of HPGD's trajectory simulator")
+    ap.add_argument("--cost", choices=["state", "state-action"], help="override: Σ_s or Σ_{s,a} cost")
+    ap.add_argument("--goal", choices=["masked", "penalised"], help="override: penalty in the active goal")
     ap.add_argument("--metric", choices=["sampled", "average"], default="sampled")
     ap.add_argument("--cells", default="all", help="'all' or e.g. 0.001:1,0.005:3")
     ap.add_argument("--seeds", type=int, default=10)
