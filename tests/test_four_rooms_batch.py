@@ -156,3 +156,18 @@ def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
     best = max((1.0, 0.1), key=lambda lr: sum(r["metric"] for r in runs if r["lr"] == lr))
     assert entry["lr"] == best and entry["method"] == "AMD" and entry["paper_mean"] == 1.28
     assert isinstance(entry["within_2se"], bool) and f"**{int(entry['within_2se'])} of 1**" in md.read_text()
+
+
+def test_the_authors_metric_is_the_sampled_context_except_for_amd():
+    """``metric=sampled`` logs the sampled context's value (Zero-Order differs from the context average) but the
+    context average for AMD (identical to ``metric=average``: the metric draws no random numbers)."""
+    env = FourRooms(CODE)
+    problem = BatchFourRooms(env)
+
+    def metric(method, kind):
+        cfg = BatchConfig(method=method, cells=((0.003, 1.0),), seeds=(0,), lrs=(1.0,), Cs=(1.0,), iterations=30,
+                          window=10, metric=kind)  # fmt: skip
+        return run_batch(problem, cfg, torch.Generator().manual_seed(4)).metric[0]
+
+    assert metric("amd", "sampled") == metric("amd", "average")
+    assert metric("zero_order", "sampled") != pytest.approx(metric("zero_order", "average"), abs=1e-6)

@@ -261,8 +261,9 @@ class BatchConfig:
         Cs: Zero-Order's ``C`` of ``u_t = C / t`` (the paper's grid: 0.1, 0.5, 1, 2, 5); ignored otherwise.
         iterations: outer iterations (the paper: 10,000).
         window: the metric averages the last ``window`` iterations (the authors: 1,000).
-        metric: ``sampled`` (the authors' logged value: ``V̄`` of the iteration's sampled context at ``x_t``) or
-            ``average`` (both contexts at ``x_t``, as the per-run code reports).
+        metric: ``sampled``, the value the authors' code logs: ``V̄^{π*}(S)`` at ``x_t`` for the iteration's sampled
+            context (HPGD, Zero-Order) and for both contexts averaged (AMD); or ``average``, both contexts for every
+            method (``E_ξ``, the quantity ``F`` defines; what the per-run code reports).
         clip_norm: global gradient-norm clip (1.0).
         init_scale: ``x_0 ~ N(0, init_scale²)`` (0.01), drawn from the run's seed as in the per-run code.
         num_envs: HPGD's parallel environments per run (the authors: 5).
@@ -358,11 +359,12 @@ def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Gen
                 x1 = x + u * z
                 pi1, lu1 = problem.solve(problem.follower_reward(x1, ctx, lam), ctx, lam, pi, c.tol)
                 g = (problem.leader_values(x1, ctx, beta, pi1, lu1) - value)[:, None] / u * z
-        if c.metric == "average":
+        in_window, on_curve = t >= c.iterations - c.window, t % c.curve_every == 0 or t == c.iterations - 1
+        if (in_window or on_curve) and (c.metric == "average" or c.method == "amd"):
             value = context_average(problem, x, lam, beta, warm, c.tol)
-        if t >= c.iterations - c.window:
+        if in_window:
             window_sum += value
-        if t % c.curve_every == 0 or t == c.iterations - 1:
+        if on_curve:
             for i, v in enumerate(value.tolist()):
                 curves[i].append(v)
         norm = g.norm(dim=1, keepdim=True)
