@@ -104,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
             for r, m, b, c in zip(result.runs, result.metric, result.budget_used, result.curves, strict=True)
         ],
         "cpu_seconds": result.cpu_seconds,
+        "rounds_per_solve": result.rounds_per_solve,
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, one thread",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record))
-    print(f"wrote {out} ({result.cpu_seconds / 60:.1f} CPU-min)")
+    print(f"wrote {out} ({result.cpu_seconds / 60:.1f} CPU-min, {result.rounds_per_solve:.2f} PI rounds per solve)")
     return 0
 
 
