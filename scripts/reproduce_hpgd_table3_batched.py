@@ -10,6 +10,9 @@ per-entry ``within_2se`` in a companion JSON.
     python scripts/reproduce_hpgd_table3_batched.py --method hpgd --out runs/table3/hpgd.json
     python scripts/reproduce_hpgd_table3_batched.py --report runs/table3/*.json --md docs/results/hpgd_table3_batched.md
 
+On a cluster, one job per method and cell (``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report
+merges the files of a method.
+
 Conventions (``--convention``): ``authors`` (default) is what the authors' code computes behind the table: the oracle
 and the metric use their dynamic-programming model (chosen direction with probability 5/9, each other 4/27), HPGD's
 trajectories come from their simulator (2/3, 1/9 each), the cost is charged per state and the active goal carries no
@@ -138,7 +141,11 @@ def report(paths: list[str], md: Path) -> int:
         raise SystemExit(f"--report: the files mix conventions/metrics {sorted(conventions)}; report one at a time")
     convention, metric_kind = conventions.pop()
     entries, rows, hits, total = [], [], 0, 0
-    by_method = {r["method"]: r for r in records}
+    by_method: dict[str, dict] = {}  # files of one method (e.g. one per cell, from a cluster) are merged
+    for r in records:
+        merged = by_method.setdefault(r["method"], {**r, "runs": [], "cpu_seconds": 0.0})
+        merged["runs"] = merged["runs"] + r["runs"]
+        merged["cpu_seconds"] += r["cpu_seconds"]
     methods = [m for m in ("hpgd", "amd", "zero_order") if m in by_method]
     for lam, beta in TABLE3_CELLS:
         cells = [f"{lam:g}", f"{beta:g}"]

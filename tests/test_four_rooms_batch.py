@@ -150,12 +150,17 @@ def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
     assert mod.main(["--method", "amd", "--out", str(tmp_path / "amd.json"), *common, "--progress-every", "0"]) == 0
     runs = json.loads((tmp_path / "amd.json").read_text())["runs"]
     assert len(runs) == 4 and {r["lr"] for r in runs} == {1.0, 0.1}
+    other = ["--cells", "0.001:3", "--seeds", "2", "--lrs", "1.0", "--iterations", "12", "--window", "4"]
+    assert mod.main(["--method", "amd", "--out", str(tmp_path / "amd2.json"), *other, "--progress-every", "0"]) == 0
     md = tmp_path / "t3.md"
-    assert mod.main(["--report", str(tmp_path / "amd.json"), "--md", str(md)]) == 0
-    (entry,) = json.loads(md.with_suffix(".json").read_text())["entries"]
+    assert mod.main(["--report", str(tmp_path / "amd.json"), str(tmp_path / "amd2.json"), "--md", str(md)]) == 0
+    entries = json.loads(md.with_suffix(".json").read_text())["entries"]
+    assert [(e["lam"], e["beta"]) for e in entries] == [(0.001, 3.0), (0.005, 1.0)]  # two files of one method merged
+    entry = entries[1]
     best = max((1.0, 0.1), key=lambda lr: sum(r["metric"] for r in runs if r["lr"] == lr))
     assert entry["lr"] == best and entry["method"] == "AMD" and entry["paper_mean"] == 1.28
-    assert isinstance(entry["within_2se"], bool) and f"**{int(entry['within_2se'])} of 1**" in md.read_text()
+    hits = sum(e["within_2se"] for e in entries)
+    assert isinstance(entry["within_2se"], bool) and f"**{hits} of 2**" in md.read_text()
 
 
 def test_the_authors_metric_is_the_sampled_context_except_for_amd():
