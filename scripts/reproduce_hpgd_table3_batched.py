@@ -10,7 +10,8 @@ per-entry ``within_2se`` in a companion JSON.
     python scripts/reproduce_hpgd_table3_batched.py --method hpgd --out runs/table3/hpgd.json
     python scripts/reproduce_hpgd_table3_batched.py --report runs/table3/*.json --md docs/results/hpgd_table3_batched.md
 
-On a cluster, one job per method and cell (``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report
+An interrupted run continues from its checkpoint (``<out>.ckpt``, every ``--checkpoint-every`` iterations) when the
+same command is run again. On a cluster, one job per method and cell (``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report
 merges the files of a method.
 
 Conventions (``--convention``): ``authors`` (default) is what the authors' code computes behind the table: the oracle
@@ -95,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
         progress_every=args.progress_every,
     )
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
-    result = run_batch(problem, config, torch.Generator().manual_seed(args.seed))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = out.with_suffix(".ckpt")  # resumed from when the command is run again after an interruption
+    result = run_batch(
+        problem, config, torch.Generator().manual_seed(args.seed), checkpoint=ckpt, checkpoint_every=args.checkpoint_every
+    )
     record = {
         "method": args.method,
         "convention": name,
@@ -111,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, one thread",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record))
     print(f"wrote {out} ({result.cpu_seconds / 60:.1f} CPU-min, {result.rounds_per_solve:.2f} PI rounds per solve)")
     return 0
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-env", type=int, default=2_000)
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's random stream")
     ap.add_argument("--progress-every", type=int, default=100)
+    ap.add_argument("--checkpoint-every", type=int, default=250, help="iterations between checkpoints (<out>.ckpt)")
     args = ap.parse_args(argv)
     if args.report:
         return report(args.report, args.md)

@@ -176,3 +176,26 @@ def test_the_authors_metric_is_the_sampled_context_except_for_amd():
 
     assert metric("amd", "sampled") == metric("amd", "average")
     assert metric("zero_order", "sampled") != pytest.approx(metric("zero_order", "average"), abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zero_order", "hpgd"])
+def test_a_resumed_batch_continues_exactly(method, tmp_path):
+    """Stopped after 10 of 20 iterations (the checkpoint of iteration 10 kept) and resumed: the same metrics and
+    curves as one uninterrupted run; a checkpoint of another configuration is refused."""
+    problem = BatchFourRooms(FourRooms(CODE), sim_slip_prob=1.0 / 3.0)
+
+    def config(iterations):
+        return BatchConfig(method=method, cells=((0.003, 1.0),), seeds=(0, 1), lrs=(1.0,), Cs=(1.0,),
+                           iterations=iterations, window=5, curve_every=3, steps_per_env=100)  # fmt: skip
+
+    full = run_batch(problem, config(20), torch.Generator().manual_seed(1))
+    ckpt = tmp_path / "batch.ckpt"
+    first = run_batch(problem, config(20), torch.Generator().manual_seed(1), checkpoint=ckpt, checkpoint_every=10)
+    assert first.metric == full.metric  # checkpointing does not change the run
+    state = torch.load(ckpt, weights_only=False)
+    assert state["t"] == 10
+    resumed = run_batch(problem, config(20), torch.Generator().manual_seed(99), checkpoint=ckpt, checkpoint_every=10)
+    assert resumed.metric == full.metric and resumed.curves == full.curves
+    assert resumed.budget_used == full.budget_used
+    with pytest.raises(ValueError, match="checkpoint: .* another configuration"):
+        run_batch(problem, config(30), torch.Generator().manual_seed(1), checkpoint=ckpt)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -67,7 +68,7 @@ class BatchFourRooms:
     """
 
     def __init__(self, env: FourRooms, sim_slip_prob: float | None = None) -> None:
-        self.env = env
+        self.env, self.sim_slip_prob = env, sim_slip_prob
         self.S, self.A, self.d = env.num_states, env.num_actions, env.x_dim
         self.gamma = env.config.gamma
         self.P = torch.stack([env.transitions(xi) for xi in CONTEXTS])  # (2, S, A, S): the model
@@ -83,6 +84,10 @@ class BatchFourRooms:
         self.terminal = env.terminal()
         self.solves = 0  # runs solved (one per run and solve call)
         self.factorizations = 0  # LU factorisations (one per run and policy-iteration round)
+
+    def identity(self) -> dict[str, object]:
+        """The environment conventions (checked when a run resumes)."""
+        return {**vars(self.env.config), "sim_slip": self.sim_slip_prob}
 
     def follower_reward(self, x: torch.Tensor, ctx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``(R, S, A)``: ``r_ξ + r̃_x`` per run, temperatures ``lam (R,)`` (:meth:`FourRooms.follower_reward`)."""
@@ -330,8 +335,19 @@ class BatchResult:
     config: dict = field(default_factory=dict)
 
 
-def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Generator) -> BatchResult:
-    """Every run of ``config`` for ``config.iterations`` outer iterations (module docstring)."""
+def run_batch(
+    problem: BatchFourRooms,
+    config: BatchConfig,
+    generator: torch.Generator,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
+) -> BatchResult:
+    """Every run of ``config`` for ``config.iterations`` outer iterations (module docstring).
+
+    With ``checkpoint``, the whole state (iterates, warm starts, metric sums, curves, the generator) is saved there
+    every ``checkpoint_every`` iterations, and a run that finds the file continues from it exactly (same numbers as
+    an uninterrupted run); a file written for another configuration is refused.
+    """
     c, runs = config, config.runs()
     R = len(runs)
     col = {k: torch.tensor([r[k] for r in runs], dtype=DTYPE) for k in ("lam", "beta", "lr", "C")}
@@ -344,9 +360,19 @@ def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Gen
     warm = [uniform.clone(), uniform.clone()]  # the last best response per context
     window_sum = torch.zeros(R, dtype=DTYPE)
     curves: list[list[float]] = [[] for _ in range(R)]
-    t0 = time.process_time()
+    t0, start, cpu_before = time.process_time(), 0, 0.0
     solves0, factorizations0 = problem.solves, problem.factorizations
-    for t in range(c.iterations):
+    identity = {k: v for k, v in vars(c).items() if k != "progress_every"}
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] != identity or state["problem"] != problem.identity():
+            raise ValueError(f"checkpoint: {checkpoint} was written for another configuration; remove it to restart")
+        start, x, warm, window_sum, curves = state["t"], state["x"], state["warm"], state["window_sum"], state["curves"]
+        generator.set_state(state["generator"])
+        cpu_before = state["cpu_seconds"]
+        solves0 -= state["solves"]
+        factorizations0 -= state["factorizations"]
+    for t in range(start, c.iterations):
         ctx = torch.randint(len(CONTEXTS), (R,), generator=generator)
         pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
         pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
@@ -379,8 +405,20 @@ def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Gen
                 curves[i].append(v)
         norm = g.norm(dim=1, keepdim=True)
         x = x + lr * torch.where(norm > c.clip_norm, g * (c.clip_norm / norm.clamp_min(1e-300)), g)
+        if checkpoint is not None and (t + 1) % checkpoint_every == 0 and t + 1 < c.iterations:
+            tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
+            torch.save(
+                {
+                    "t": t + 1, "x": x, "warm": warm, "window_sum": window_sum, "curves": curves,
+                    "generator": generator.get_state(), "cpu_seconds": cpu_before + time.process_time() - t0,
+                    "solves": problem.solves - solves0, "factorizations": problem.factorizations - factorizations0,
+                    "config": identity, "problem": problem.identity(),
+                },
+                tmp,
+            )  # fmt: skip
+            tmp.replace(checkpoint)
         if c.progress_every and (t + 1) % c.progress_every == 0:
-            elapsed = time.process_time() - t0
+            elapsed = cpu_before + time.process_time() - t0
             print(
                 f"[{c.method}] iteration {t + 1}/{c.iterations}: mean value {float(value.mean()):.4f}, "
                 f"{elapsed:.0f} CPU-s, {elapsed / (t + 1) * (c.iterations - t - 1) / 60:.1f} CPU-min left",
@@ -391,7 +429,7 @@ def run_batch(problem: BatchFourRooms, config: BatchConfig, generator: torch.Gen
         metric=(window_sum / c.window).tolist(),
         budget_used=(1.0 - torch.softmax(x, 1)[:, -1]).tolist(),
         curves=curves,
-        cpu_seconds=time.process_time() - t0,
+        cpu_seconds=cpu_before + time.process_time() - t0,
         rounds_per_solve=(problem.factorizations - factorizations0) / max(1, problem.solves - solves0),
         config=dict(vars(c)),
     )
