@@ -11,8 +11,8 @@ per-entry ``within_2se`` in a companion JSON.
     python scripts/reproduce_hpgd_table3_batched.py --report runs/table3/*.json --md docs/results/hpgd_table3_batched.md
 
 An interrupted run continues from its checkpoint (``<out>.ckpt``, every ``--checkpoint-every`` iterations) when the
-same command is run again. On a cluster, one job per method and cell (``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report
-merges the files of a method.
+same command is run again. On a cluster, one job per method and cell
+(``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report merges the files of a method.
 
 Conventions (``--convention``): ``authors`` (default) is what the authors' code computes behind the table: the oracle
 and the metric use their dynamic-programming model (chosen direction with probability 5/9, each other 4/27), HPGD's
@@ -99,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")  # resumed from when the command is run again after an interruption
-    result = run_batch(
-        problem, config, torch.Generator().manual_seed(args.seed), checkpoint=ckpt, checkpoint_every=args.checkpoint_every
-    )
+    generator = torch.Generator().manual_seed(args.seed)
+    result = run_batch(problem, config, generator, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
     record = {
         "method": args.method,
         "convention": name,
