@@ -33,6 +33,18 @@ def generator_from(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**63)))
 
 
+def pin_cdf(probs: torch.Tensor) -> torch.Tensor:
+    """Row CDFs of ``probs (N, K)``, pinned to exactly 1 from each row's last outcome of positive probability on.
+
+    A draw ``#{k : u >= cdf[k]}`` (or a right-sided search) with ``u ~ U[0, 1)`` then never returns an outcome of
+    zero probability.
+    """
+    probs = probs.detach().to(DTYPE)
+    cdf = probs.cumsum(-1)
+    last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)  # the first index of each row's maximal count
+    return torch.where(torch.arange(probs.shape[-1]) >= last, torch.ones((), dtype=DTYPE), cdf)
+
+
 class CategoricalTable:
     """Fast sampling from the rows of a fixed ``(R, K)`` table of distributions.
 
@@ -43,11 +55,8 @@ class CategoricalTable:
 
     def __init__(self, probs: torch.Tensor) -> None:
         """Store the offset CDFs of ``probs (R, K)``."""
-        probs = probs.detach().to(DTYPE)
         self.num_rows, self.num_outcomes = int(probs.shape[0]), int(probs.shape[1])
-        cdf = probs.cumsum(-1)
-        last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)  # the first index of each row's maximal count
-        cdf = torch.where(torch.arange(self.num_outcomes) >= last, torch.ones((), dtype=DTYPE), cdf)
+        cdf = pin_cdf(probs)
         offsets = torch.arange(self.num_rows, dtype=DTYPE)[:, None]
         self._keys = (offsets + cdf).reshape(-1).contiguous()
 

@@ -22,28 +22,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
+from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
 Method = Literal["hpgd", "amd", "zero_order"]
-
-
-def pin_cdf(probs: torch.Tensor) -> torch.Tensor:
-    """Row CDFs of ``probs (N, K)``, pinned to exactly 1 from each row's last outcome of positive probability on.
-
-    A draw is ``#{k : u >= cdf[k]}`` for ``u ~ U[0, 1)``: an outcome of zero probability is never drawn (the
-    convention of :class:`~bilevel_rl.tabular.core.sampling.CategoricalTable`).
-    """
-    cdf = probs.detach().to(DTYPE).cumsum(-1)
-    last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
-    return torch.where(torch.arange(probs.shape[-1]) >= last, torch.ones((), dtype=DTYPE), cdf)
 
 
 def sparse_cdf(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +65,6 @@ class BatchFourRooms:
         if sim_slip_prob is None:
             P_sim = self.P
         else:
-            from dataclasses import replace
-
             sim = FourRooms(replace(env.config, slip_prob=sim_slip_prob))
             P_sim = torch.stack([sim.transitions(xi) for xi in CONTEXTS])
         self.sim_next, self.sim_cdf = sparse_cdf(P_sim.reshape(-1, self.S))
