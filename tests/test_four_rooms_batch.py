@@ -94,12 +94,12 @@ def test_pooled_weights_keep_runs_apart():
     pi, _ = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, torch.full((2, 105, 4), 0.25, dtype=DTYPE))
     data = problem.rollouts(pi, ctx, 4, 400, 200, torch.Generator().manual_seed(3))
     rbar = problem.leader_reward(x, ctx, torch.ones(2, dtype=DTYPE))
-    W_r, W_rbar = pooled_weights(data, rbar, problem.gamma, lam, 2)
+    W_r, W_rbar = pooled_weights(data, rbar, problem.gamma, lam)
     assert W_rbar[0].abs().sum() > 0 and W_rbar[1].abs().sum() > 0
     for i in range(2):
         cols = data["run"] == i
         alone = {k: (v[:, cols] if v.dim() == 2 else v[cols] * 0) for k, v in data.items()}
-        W_r1, W_rbar1 = pooled_weights(alone, rbar[i : i + 1], problem.gamma, float(lam[i]), 1)
+        W_r1, W_rbar1 = pooled_weights(alone, rbar[i : i + 1], problem.gamma, float(lam[i]))
         torch.testing.assert_close(W_r[i], W_r1[0])
         torch.testing.assert_close(W_rbar[i], W_rbar1[0])
 

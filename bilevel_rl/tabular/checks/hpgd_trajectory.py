@@ -172,25 +172,24 @@ def pooled_estimator(
     """
     data = run_envs(mdp, pi, num_envs, steps_per_env, max_episode_steps, generator, terminal)
     data["run"] = torch.zeros(num_envs, dtype=torch.long)
-    W_r, W_rbar = pooled_weights(data, rbar[None], mdp.gamma, mdp.tau, 1)
+    W_r, W_rbar = pooled_weights(data, rbar[None], mdp.gamma, mdp.tau)
     return GradientWeights(W_r[0], W_rbar[0], num_envs * steps_per_env)
 
 
 def pooled_weights(
-    data: dict[str, torch.Tensor], rbar: torch.Tensor, gamma: float, lam: float | torch.Tensor, num_runs: int
+    data: dict[str, torch.Tensor], rbar: torch.Tensor, gamma: float, lam: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights ``(W_r, W_r̄)`` of :func:`pooled_estimator` for ``num_runs`` independent runs at once.
+    """The weights ``(W_r, W_r̄)`` of :func:`pooled_estimator` for several independent runs at once.
 
     Args:
         data: ``(T, N)`` tensors ``s``, ``a``, ``tau``, ``done``, ``complete`` of :func:`run_envs`, plus ``run (N,)``:
             the run each environment column belongs to (each run's statistics use its own columns only).
-        rbar: ``(num_runs, S, A)`` each run's leader reward.
+        rbar: ``(R, S, A)`` each run's leader reward (``R`` runs).
         gamma: discount.
         lam: follower temperature (a float, or one per run).
-        num_runs: number of runs.
 
     Returns:
-        ``(num_runs, S, A)`` weights ``W_r`` and ``W_r̄``, divided by each run's number of finished episodes (zero
+        ``(R, S, A)`` weights ``W_r`` and ``W_r̄``, divided by each run's number of finished episodes (zero
         for a run without one).
     """
     R, S, A = rbar.shape

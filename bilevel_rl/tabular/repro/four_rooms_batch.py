@@ -372,7 +372,7 @@ def run_batch(
             value = problem.leader_values(x, ctx, beta, pi, lu)
             if c.method == "hpgd":
                 data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
-                W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam, R)
+                W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam)
                 xx = x.clone().requires_grad_(True)
                 total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
                 total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
