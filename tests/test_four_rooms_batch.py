@@ -7,7 +7,7 @@ from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, solve_soft
 from bilevel_rl.tabular.repro.amd import exact_leader_gradient
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms, FourRoomsConfig
-from bilevel_rl.tabular.repro.four_rooms_batch import BatchConfig, BatchFourRooms, run_batch
+from bilevel_rl.tabular.repro.four_rooms_batch import ROLLOUT_CHUNK, BatchConfig, BatchFourRooms, run_batch
 from bilevel_rl.tabular.repro.hpgd import WarmSoftSolver
 
 CODE = FourRoomsConfig(beta=3.0, slip_prob=4.0 / 9.0, cost_over_actions=False, mask_goal_penalty=True)
@@ -83,6 +83,21 @@ def test_rollout_draws_follow_the_policy_and_the_simulator():
         freq_s1 = torch.bincount(s1, minlength=problem.S).to(DTYPE) / n
         assert (freq_a - pi[r, env.start]).abs().max() < 4 * (0.25 / n) ** 0.5
         assert (freq_s1 - expected_s1).abs().max() < 4 * (0.25 / n) ** 0.5
+
+
+def test_compiled_rollouts_are_the_step_by_step_loop():
+    """Same generator, same draws: the numba kernel (chunks of uniforms) reproduces the torch loop exactly, across a
+    chunk boundary and with episodes cut at ``max_episode_steps``."""
+    problem = BatchFourRooms(FourRooms(CODE), sim_slip_prob=1.0 / 3.0)
+    pi = torch.softmax(torch.randn(3, problem.S, problem.A, generator=torch.Generator().manual_seed(8)), -1).to(DTYPE)
+    ctx, steps = torch.tensor([0, 1, 1]), ROLLOUT_CHUNK + 77
+    data = problem.rollouts(pi, ctx, 4, steps, 40, torch.Generator().manual_seed(9))
+    ref = problem.rollouts_stepwise(pi, ctx, 4, steps, 40, torch.Generator().manual_seed(9))
+    for key in ("s", "a", "tau", "done"):
+        assert torch.equal(data[key], ref[key]), key
+    assert ref["done"].any() and (ref["tau"] == 39).any()  # episodes were cut and restarted
+    later_done = torch.flip(torch.cummax(torch.flip(ref["done"].to(torch.int8), [0]), 0).values, [0]).bool()
+    assert torch.equal(data["complete"], later_done)
 
 
 def test_pooled_weights_keep_runs_apart():

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import numba
+import numpy as np
 import torch
 
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
@@ -228,14 +230,43 @@ class BatchFourRooms:
         R = pi.shape[0]
         run = torch.arange(R).repeat_interleave(num_envs)
         N = len(run)
+        policy_cdf = pin_cdf(pi.reshape(R * self.S, self.A)).numpy()
+        policy_row, sim_row = (run * self.S).numpy(), (ctx[run] * self.S).numpy()
+        S_out = np.empty((steps_per_env, N), dtype=np.int64)
+        A_out, T_out = np.empty_like(S_out), np.empty_like(S_out)
+        D_out = np.empty((steps_per_env, N), dtype=np.bool_)
+        s = np.full(N, self.env.start, dtype=np.int64)
+        t = np.zeros(N, dtype=np.int64)
+        sim = (self.sim_next.numpy(), self.sim_cdf.numpy(), self.terminal.numpy())
+        for k0 in range(0, steps_per_env, ROLLOUT_CHUNK):
+            u = torch.rand(min(ROLLOUT_CHUNK, steps_per_env - k0), 2, N, generator=generator, dtype=DTYPE).numpy()
+            _rollout_chunk(u, k0, s, t, policy_cdf, policy_row, sim_row, *sim, self.env.start, max_episode_steps,
+                           S_out, A_out, T_out, D_out)  # fmt: skip
+        S_t, A_t, T_t, D_t = (torch.from_numpy(a) for a in (S_out, A_out, T_out, D_out))
+        complete = torch.flip(torch.cummax(torch.flip(D_t.to(torch.int8), [0]), 0).values, [0]).bool()
+        return {"s": S_t, "a": A_t, "tau": T_t, "done": D_t, "complete": complete, "run": run}
+
+    def rollouts_stepwise(
+        self,
+        pi: torch.Tensor,
+        ctx: torch.Tensor,
+        num_envs: int,
+        steps_per_env: int,
+        max_episode_steps: int,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`rollouts` one torch step at a time (``torch.rand(2, N)`` per step); same draws, same output.
+
+        The reference that the compiled kernel is tested and timed against (``scripts/bench_four_rooms_rollouts.py``).
+        """
+        R = pi.shape[0]
+        run = torch.arange(R).repeat_interleave(num_envs)
+        N, start = len(run), self.env.start
         policy_cdf = pin_cdf(pi.reshape(R * self.S, self.A))
-        start = self.env.start
-        s = torch.full((N,), start, dtype=torch.long)
-        t = torch.zeros_like(s)
         policy_row, sim_row = run * self.S, ctx[run] * self.S
-        S_out = torch.empty(steps_per_env, N, dtype=torch.long)
-        A_out, T_out = torch.empty_like(S_out), torch.empty_like(S_out)
-        D_out = torch.empty(steps_per_env, N, dtype=torch.bool)
+        s, t = torch.full((N,), start, dtype=torch.long), torch.zeros(N, dtype=torch.long)
+        out = {k: torch.empty(steps_per_env, N, dtype=torch.long) for k in ("s", "a", "tau")}
+        out["done"] = torch.empty(steps_per_env, N, dtype=torch.bool)
         last_a, last_k = self.A - 1, self.sim_cdf.shape[1] - 1
         for k in range(steps_per_env):
             u = torch.rand(2, N, 1, generator=generator, dtype=DTYPE)
@@ -243,11 +274,61 @@ class BatchFourRooms:
             row = (sim_row + s) * self.A + a
             s2 = self.sim_next[row, (u[1] >= self.sim_cdf[row]).sum(1).clamp_(max=last_k)]
             done = (t >= max_episode_steps - 1) | self.terminal[s2]
-            S_out[k], A_out[k], T_out[k], D_out[k] = s, a, t, done
-            s = torch.where(done, start, s2)
-            t = torch.where(done, 0, t + 1)
-        complete = torch.flip(torch.cummax(torch.flip(D_out.to(torch.int8), [0]), 0).values, [0]).bool()
-        return {"s": S_out, "a": A_out, "tau": T_out, "done": D_out, "complete": complete, "run": run}
+            out["s"][k], out["a"][k], out["tau"][k], out["done"][k] = s, a, t, done
+            s, t = torch.where(done, start, s2), torch.where(done, 0, t + 1)
+        out["complete"] = torch.flip(torch.cummax(torch.flip(out["done"].to(torch.int8), [0]), 0).values, [0]).bool()
+        return out | {"run": run}
+
+
+ROLLOUT_CHUNK = 256  # steps of uniforms drawn at a time (2 × N doubles per step)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rollout_chunk(
+    u: np.ndarray,
+    k0: int,
+    s: np.ndarray,
+    t: np.ndarray,
+    policy_cdf: np.ndarray,
+    policy_row: np.ndarray,
+    sim_row: np.ndarray,
+    sim_next: np.ndarray,
+    sim_cdf: np.ndarray,
+    terminal: np.ndarray,
+    start: int,
+    max_episode_steps: int,
+    S_out: np.ndarray,
+    A_out: np.ndarray,
+    T_out: np.ndarray,
+    D_out: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through BatchFourRooms.rollouts
+    """Steps ``k0 … k0 + len(u) − 1`` of every environment column (state ``s``, episode step ``t``, updated in place).
+
+    Column ``n`` at step ``k`` draws its action by ``#{j : u[k, 0, n] ≥ cdf_π(s)[j]}`` and its successor by
+    ``#{j : u[k, 1, n] ≥ cdf_P(s, a)[j]}`` (both capped at the last outcome), the draws of ``torch.rand(2, N)`` per
+    step in the order a step-by-step torch loop would make them.
+    """
+    num_actions, num_next = policy_cdf.shape[1], sim_cdf.shape[1]
+    for n in range(u.shape[2]):
+        sn, tn = s[n], t[n]
+        for i in range(u.shape[0]):
+            a = 0
+            for j in range(num_actions):
+                a += u[i, 0, n] >= policy_cdf[policy_row[n] + sn, j]
+            a = min(a, num_actions - 1)
+            row = (sim_row[n] + sn) * num_actions + a
+            m = 0
+            for j in range(num_next):
+                m += u[i, 1, n] >= sim_cdf[row, j]
+            s2 = sim_next[row, min(m, num_next - 1)]
+            done = tn >= max_episode_steps - 1 or terminal[s2]
+            k = k0 + i
+            S_out[k, n], A_out[k, n], T_out[k, n], D_out[k, n] = sn, a, tn, done
+            if done:
+                sn, tn = start, 0
+            else:
+                sn, tn = s2, tn + 1
+        s[n], t[n] = sn, tn
 
 
 @dataclass
