@@ -22,8 +22,8 @@ Scope: the leader controls the follower's reward only (Four-Rooms), so ``∇_x l
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import numba
+import numpy as np
 import torch
 
 from bilevel_rl.tabular.checks.hpgd import GradientWeights
@@ -193,43 +193,83 @@ def pooled_weights(
         for a run without one).
     """
     R, S, A = rbar.shape
-    T = data["s"].shape[0]
-    n_ep = torch.zeros(R, dtype=DTYPE).index_add_(0, data["run"], data["done"].sum(0).to(DTYPE))
-    scale = torch.where(n_ep > 0, 1.0 / n_ep.clamp_min(1.0), 0.0)[:, None, None]
-    tau = _flat(data["tau"])
-    to_go: Callable[[torch.Tensor], torch.Tensor]
-    from_start: Callable[[torch.Tensor], torch.Tensor]
-    if rescaling_is_accurate(tau, gamma):
-        episodes = FlatEpisodes(tau, gamma)
-        to_go, from_start, discount = episodes.to_go, episodes.from_start, episodes.scale
-    else:  # long episodes at a small γ: the time loops of discounted_to_go / discounted_from_start
-
-        def to_go(v: torch.Tensor) -> torch.Tensor:
-            return _flat(discounted_to_go(_unflat(v, data["tau"].shape), data["tau"], gamma))
-
-        def from_start(v: torch.Tensor) -> torch.Tensor:
-            return _flat(discounted_from_start(_unflat(v, data["tau"].shape), data["tau"], gamma))
-
-        discount = gamma ** tau.to(DTYPE)
-    # every per-step quantity in flat environment-major order (tables do not depend on the order)
-    idx_s = data["run"].repeat_interleave(T) * S + _flat(data["s"])
-    idx_sa = idx_s * A + _flat(data["a"])
-    w = _flat(data["complete"]).to(DTYPE)
-
-    def table(weights: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(idx_sa, weights=weights, minlength=R * S * A).reshape(R, S, A)
-
-    G = to_go(rbar.reshape(-1)[idx_sa].to(DTYPE))
-    n_sa = table(w)
-    q_sum = table(w * G)
+    steps = {k: data[k].numpy() for k in ("s", "a", "tau", "complete")}
+    run = data["run"].numpy()
+    n_sa, q_sum, W_rbar = (np.zeros((R, S, A)) for _ in range(3))
+    _visit_tables(steps["s"], steps["a"], steps["tau"], steps["complete"], run, rbar.detach().to(DTYPE).numpy(),
+                  gamma, n_sa, q_sum, W_rbar)  # fmt: skip
     n_s = n_sa.sum(-1)
-    Qbar = q_sum / n_sa.clamp_min(1.0)
-    Vbar = q_sum.sum(-1) / n_s.clamp_min(1.0)
-    Abar = torch.where(n_sa > 0, Qbar - Vbar[..., None], 0.0)
-    W_rbar = table(w * discount)  # c(s, a) = Σ_visits γ^τ, also the direct term's weight
-    cA = W_rbar * Abar / (lam[:, None, None] if isinstance(lam, torch.Tensor) else lam)
-    per_sa = (cA / n_sa.clamp_min(1.0)).reshape(-1)
-    per_s = (cA.sum(-1) / n_s.clamp_min(1.0)).reshape(-1)
-    omega = w * (per_sa[idx_sa] - per_s[idx_s])
-    W_r = table(w * from_start(omega))
-    return W_r * scale, W_rbar * scale
+    Qbar = q_sum / np.maximum(n_sa, 1.0)
+    Vbar = q_sum.sum(-1) / np.maximum(n_s, 1.0)
+    Abar = np.where(n_sa > 0, Qbar - Vbar[..., None], 0.0)
+    lam_r = lam.detach().to(DTYPE).numpy()[:, None, None] if isinstance(lam, torch.Tensor) else lam
+    cA = W_rbar * Abar / lam_r  # c(s, a) Ā(s, a) / λ, c = Σ_visits γ^τ (also the direct term's weight)
+    per_sa, per_s = cA / np.maximum(n_sa, 1.0), cA.sum(-1) / np.maximum(n_s, 1.0)
+    W_r = np.zeros((R, S, A))
+    _response_table(steps["s"], steps["a"], steps["tau"], steps["complete"], run, per_sa, per_s, gamma, W_r)
+    n_ep = np.zeros(R)
+    np.add.at(n_ep, run, data["done"].numpy().sum(0))
+    scale = np.where(n_ep > 0, 1.0 / np.maximum(n_ep, 1.0), 0.0)[:, None, None]
+    return torch.from_numpy(W_r * scale), torch.from_numpy(W_rbar * scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _visit_tables(
+    s: np.ndarray,
+    a: np.ndarray,
+    tau: np.ndarray,
+    complete: np.ndarray,
+    run: np.ndarray,
+    rbar: np.ndarray,
+    gamma: float,
+    n_sa: np.ndarray,
+    q_sum: np.ndarray,
+    c_sa: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through pooled_weights
+    """Per run and ``(s, a)`` over the completed episodes' visits: counts, sums of ``Ḡ_t`` and of ``γ^{τ_t}``.
+
+    ``Ḡ_t = Σ_{k ≥ t, same episode} γ^{k-t} r̄(s_k, a_k)`` by a backward pass per column (an episode ends where the
+    next step has ``τ = 0`` or the column ends).
+    """
+    T, N = s.shape
+    for n in range(N):
+        r = run[n]
+        g = 0.0
+        for t in range(T - 1, -1, -1):
+            if t == T - 1 or tau[t + 1, n] == 0:
+                g = 0.0
+            g = rbar[r, s[t, n], a[t, n]] + gamma * g
+            if complete[t, n]:
+                n_sa[r, s[t, n], a[t, n]] += 1.0
+                q_sum[r, s[t, n], a[t, n]] += g
+                c_sa[r, s[t, n], a[t, n]] += gamma ** tau[t, n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _response_table(
+    s: np.ndarray,
+    a: np.ndarray,
+    tau: np.ndarray,
+    complete: np.ndarray,
+    run: np.ndarray,
+    per_sa: np.ndarray,
+    per_s: np.ndarray,
+    gamma: float,
+    W_r: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through pooled_weights
+    """``W_r(s, a) += Σ_visits C_t``, ``C_t = Σ_{k ≤ t, same episode} γ^{t-k} ω_k`` (a forward pass per column).
+
+    ``ω_k = per_sa(s_k, a_k) − per_s(s_k)`` on the completed episodes' steps, zero elsewhere.
+    """
+    T, N = s.shape
+    for n in range(N):
+        r = run[n]
+        acc = 0.0
+        for t in range(T):
+            if tau[t, n] == 0:
+                acc = 0.0
+            if complete[t, n]:
+                acc = per_sa[r, s[t, n], a[t, n]] - per_s[r, s[t, n]] + gamma * acc
+                W_r[r, s[t, n], a[t, n]] += acc
+            else:
+                acc = gamma * acc

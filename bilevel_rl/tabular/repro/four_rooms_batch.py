@@ -106,10 +106,15 @@ class BatchFourRooms:
 
     def _lu(self, pi: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LU factors of ``I − γ P^π`` per run."""
-        P_pi = torch.empty(pi.shape[0], self.S, self.S, dtype=DTYPE)
-        for k, idx in self._groups(ctx):
-            P_pi[idx] = torch.einsum("rsa,sat->rst", pi[idx], self.P[k])
-        return torch.linalg.lu_factor(torch.eye(self.S, dtype=DTYPE) - self.gamma * P_pi)
+        groups = self._groups(ctx)
+        if len(groups) == 1:  # one context: no scatter
+            M = torch.einsum("rsa,sat->rst", pi, self.P[groups[0][0]])
+        else:
+            M = torch.empty(pi.shape[0], self.S, self.S, dtype=DTYPE)
+            for k, idx in groups:
+                M[idx] = torch.einsum("rsa,sat->rst", pi[idx], self.P[k])
+        M.mul_(-self.gamma).diagonal(0, -2, -1).add_(1.0)  # I − γ P^π in place (the batch is tens of MB)
+        return torch.linalg.lu_factor(M)
 
     def evaluate(self, lu: tuple[torch.Tensor, torch.Tensor], step: torch.Tensor) -> torch.Tensor:
         """``V = (I − γ P^π)^{-1} step`` per run (``step: (R, S)``)."""
@@ -242,9 +247,10 @@ class BatchFourRooms:
             u = torch.rand(min(ROLLOUT_CHUNK, steps_per_env - k0), 2, N, generator=generator, dtype=DTYPE).numpy()
             _rollout_chunk(u, k0, s, t, policy_cdf, policy_row, sim_row, *sim, self.env.start, max_episode_steps,
                            S_out, A_out, T_out, D_out)  # fmt: skip
-        S_t, A_t, T_t, D_t = (torch.from_numpy(a) for a in (S_out, A_out, T_out, D_out))
-        complete = torch.flip(torch.cummax(torch.flip(D_t.to(torch.int8), [0]), 0).values, [0]).bool()
-        return {"s": S_t, "a": A_t, "tau": T_t, "done": D_t, "complete": complete, "run": run}
+        complete = np.empty_like(D_out)
+        _episode_completes(D_out, complete)
+        S_t, A_t, T_t, D_t, C_t = (torch.from_numpy(a) for a in (S_out, A_out, T_out, D_out, complete))
+        return {"s": S_t, "a": A_t, "tau": T_t, "done": D_t, "complete": C_t, "run": run}
 
     def rollouts_stepwise(
         self,
@@ -329,6 +335,17 @@ def _rollout_chunk(
             else:
                 sn, tn = s2, tn + 1
         s[n], t[n] = sn, tn
+
+
+@numba.njit(cache=True, nogil=True)
+def _episode_completes(done: np.ndarray, complete: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``complete[k, n]``: some step ``k' ≥ k`` of column ``n`` ends an episode (the step's episode finished)."""
+    T, N = done.shape
+    for n in range(N):
+        later = False
+        for k in range(T - 1, -1, -1):
+            later = later or done[k, n]
+            complete[k, n] = later
 
 
 @dataclass
