@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
+    if args.archive is not None:
+        archive(runs, args.root, args.archive)
     if args.out is None:
         print(text)
         return 0
@@ -205,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text + "\n" + keep)
     plot(by_rule, args.out.with_suffix(".png"))
     args.out.with_suffix(".json").write_text(json.dumps(runs.drop(columns="dir").to_dict("records"), indent=1))
-    if args.archive is not None:
-        archive(runs, args.root, args.archive)
     print(f"wrote {args.out}")
     return 0
 
