@@ -218,6 +218,14 @@ class BatchFourRooms:
         return g, Vbar[:, self.env.start]
 
     # ------------------------------------------------------------------ HPGD's trajectories
+    def _columns(
+        self, pi: torch.Tensor, ctx: torch.Tensor, num_envs: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(run, policy CDF rows, policy row offset, simulator row offset)`` of the ``R × num_envs`` columns."""
+        R = pi.shape[0]
+        run = torch.arange(R).repeat_interleave(num_envs)
+        return run, pin_cdf(pi.reshape(R * self.S, self.A)), run * self.S, ctx[run] * self.S
+
     def rollouts(
         self,
         pi: torch.Tensor,
@@ -232,11 +240,9 @@ class BatchFourRooms:
         The layout and episode rules of :func:`~bilevel_rl.tabular.checks.hpgd_trajectory.run_envs`: an episode ends
         on entering the sink or after ``max_episode_steps``; restarts at ``S``. ``data["run"]`` maps columns to runs.
         """
-        R = pi.shape[0]
-        run = torch.arange(R).repeat_interleave(num_envs)
+        run, cdf, policy_row, sim_row = self._columns(pi, ctx, num_envs)
         N = len(run)
-        policy_cdf = pin_cdf(pi.reshape(R * self.S, self.A)).numpy()
-        policy_row, sim_row = (run * self.S).numpy(), (ctx[run] * self.S).numpy()
+        policy = (cdf.numpy(), policy_row.numpy(), sim_row.numpy())
         S_out = np.empty((steps_per_env, N), dtype=np.int64)
         A_out, T_out = np.empty_like(S_out), np.empty_like(S_out)
         D_out = np.empty((steps_per_env, N), dtype=np.bool_)
@@ -245,7 +251,7 @@ class BatchFourRooms:
         sim = (self.sim_next.numpy(), self.sim_cdf.numpy(), self.terminal.numpy())
         for k0 in range(0, steps_per_env, ROLLOUT_CHUNK):
             u = torch.rand(min(ROLLOUT_CHUNK, steps_per_env - k0), 2, N, generator=generator, dtype=DTYPE).numpy()
-            _rollout_chunk(u, k0, s, t, policy_cdf, policy_row, sim_row, *sim, self.env.start, max_episode_steps,
+            _rollout_chunk(u, k0, s, t, *policy, *sim, self.env.start, max_episode_steps,
                            S_out, A_out, T_out, D_out)  # fmt: skip
         complete = np.empty_like(D_out)
         _episode_completes(D_out, complete)
@@ -265,11 +271,8 @@ class BatchFourRooms:
 
         The reference that the compiled kernel is tested and timed against (``scripts/bench_four_rooms_rollouts.py``).
         """
-        R = pi.shape[0]
-        run = torch.arange(R).repeat_interleave(num_envs)
+        run, policy_cdf, policy_row, sim_row = self._columns(pi, ctx, num_envs)
         N, start = len(run), self.env.start
-        policy_cdf = pin_cdf(pi.reshape(R * self.S, self.A))
-        policy_row, sim_row = run * self.S, ctx[run] * self.S
         s, t = torch.full((N,), start, dtype=torch.long), torch.zeros(N, dtype=torch.long)
         out = {k: torch.empty(steps_per_env, N, dtype=torch.long) for k in ("s", "a", "tau")}
         out["done"] = torch.empty(steps_per_env, N, dtype=torch.bool)
