@@ -2,9 +2,13 @@
 
 Usage:
     python scripts/aggregate_rules.py multirun/rules_cpu [--out docs/results/rules_mujoco.md] [--reps 2000]
+    python scripts/aggregate_rules.py runs/table2 --preset table2_hopper_100k --title "..." \
+        --out docs/results/table2_hopper_100k.md --archive docs/results/table2_runs
 
 Reads every ``metrics.csv`` under the sweep directory whose ``run_config.yaml`` names the rule, env and seed.
-Per run it takes: the final ``eval/true_return`` (deterministic policy, true reward), the held-out preference
+Per run it takes: the final ``eval/true_return`` (deterministic policy, true reward), its mean over all evaluations
+(the area under the learning curve over its length: learning speed, less noisy than one final evaluation), the
+held-out preference
 accuracy (``reward_model/pref_accuracy``, on pairs the leader has not trained on yet) averaged over the run's
 post-warm-up iterations, and the final Pearson correlation of ``r_φ`` with the true reward on the follower's
 latest transitions. For the aggregate, returns are normalised per env as ``(R − R_min) / (R_max − R_min)`` with
@@ -12,7 +16,10 @@ the D4RL reference scores (random and expert policies; Fu et al. 2020, ``d4rl/in
 HalfCheetah and Walker2d, and otherwise ``R_min`` = the mean return of all runs at iteration 0 and ``R_max`` = the
 mean final return of ``upper=true_reward``. (A run-based reference is degenerate at small budgets: SAC on
 HalfCheetah's true reward is still below its iteration-0 return at 8k steps.) rliable's stratified bootstrap
-then gives IQM and mean with 95% CIs over all runs and envs.
+then gives IQM and mean with 95% CIs over all runs and envs (seeded: a regenerated table has the same intervals).
+A row is the rule's name, ``-<penalty>`` for PBRL's penalty and ``-gated`` for SoBiRL with ``upper.hyper_term_after``
+(the authors' code's gate of the score term). With ``--out`` a PNG of the mean ± SE learning curves is written beside
+the table.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import datetime
 import os
 import platform
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+
+from bilevel_rl.reporting import archive_runs, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
 
 REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.0), "Walker2d": (1.629008, 4592.3)}
 """D4RL random / expert returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE) by env name."""
@@ -35,10 +43,16 @@ REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.
 ORDER = ["true_reward", "drlhf", "sobirl", "stoc_sobirl", "pbrl", "hpgd", "ppa", "hessian_free"]
 
 
-def load_runs(root: Path) -> pd.DataFrame:
-    """One row per run: rule, env, seed, final return, initial return, accuracy, correlation, steps, wall time."""
-    rows = []
-    for metrics in sorted(root.rglob("metrics.csv")):
+def rule_label(upper: dict) -> str:
+    """The row of a run: the rule's name, ``-<penalty>`` for PBRL, ``-gated`` for a gated SoBiRL score term."""
+    label = upper["name"] + (f"-{upper['penalty']}" if "penalty" in upper else "")
+    return label + ("-gated" if upper.get("hyper_term_after") else "")
+
+
+def load_runs(root: Path) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
+    """One row per run (rule, env, seed, returns, accuracy, correlation, steps, wall time) and the eval curves."""
+    rows, curves = [], {}
+    for metrics in sorted([*root.rglob("metrics.csv"), *root.rglob("metrics.csv.gz")]):
         cfg_path = metrics.parent / "run_config.yaml"
         if not cfg_path.exists():
             continue
@@ -51,12 +65,13 @@ def load_runs(root: Path) -> pd.DataFrame:
         total = int(cfg["trainer"]["total_steps"])
         rows.append(
             {
-                "rule": cfg["upper"]["name"] + (f"-{cfg['upper']['penalty']}" if "penalty" in cfg["upper"] else ""),
+                "rule": rule_label(cfg["upper"]),
                 "env": cfg["env"]["id"],
                 "seed": int(cfg["seed"]),
                 "complete": int(df["env_steps"].max()) >= total,
                 "ret_init": float(evals["eval/true_return"].iloc[0]),
                 "ret_final": float(evals["eval/true_return"].iloc[-1]),
+                "ret_mean": float(evals["eval/true_return"].mean()),
                 "acc": float(later["reward_model/pref_accuracy"].mean())
                 if "reward_model/pref_accuracy" in df
                 else np.nan,
@@ -67,18 +82,11 @@ def load_runs(root: Path) -> pd.DataFrame:
                 "aux_steps": float(df["time/aux_env_steps"].dropna().iloc[-1])
                 if "time/aux_env_steps" in df and df["time/aux_env_steps"].notna().any()
                 else 0.0,
+                "dir": str(metrics.parent),
             }
         )
-    return pd.DataFrame(rows)
-
-
-def mean_se(x: pd.Series) -> str:
-    """``mean ± SE`` (SE = std / sqrt(n), ddof 1), or ``n/a``."""
-    x = x.dropna()
-    if len(x) == 0:
-        return "n/a"
-    se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return f"{x.mean():.3g} ± {se:.2g}" if abs(x.mean()) < 1 else f"{x.mean():.1f} ± {se:.1f}"
+        curves.setdefault((cfg["env"]["id"], rows[-1]["rule"]), []).append(evals[["env_steps", "eval/true_return"]])
+    return pd.DataFrame(rows), curves
 
 
 def rule_key(rule: str) -> int:
@@ -96,16 +104,17 @@ def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
         lines += [
             f"### {env}",
             "",
-            "| rule | seeds | true return (final) | held-out pref. accuracy | corr(r_φ, r) | "
-            "aux env steps | wall s/run |",
-            "|---|---|---|---|---|---|---|",
+            "| rule | seeds | true return (final) | true return (mean, all evals) | held-out pref. accuracy | "
+            "corr(r_φ, r) | aux env steps | wall s/run |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for rule in rules:
             r = sub[sub["rule"] == rule]
             if r.empty:
                 continue
             lines.append(
-                f"| {rule} | {len(r)} | {mean_se(r['ret_final'])} | {mean_se(r['acc'])} | {mean_se(r['corr'])} | "
+                f"| {rule} | {len(r)} | {mean_se(r['ret_final'])} | {mean_se(r['ret_mean'])} | {mean_se(r['acc'])} | "
+                f"{mean_se(r['corr'])} | "
                 f"{r['aux_steps'].mean():.0f} | {r['wall_s'].mean():.0f} |"
             )
         lines.append("")
@@ -133,13 +142,7 @@ def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
     ]
     table = pd.DataFrame()
     if scores and not np.isnan(np.concatenate([s.ravel() for s in scores.values()])).all():
-        from rliable import library as rly
-        from rliable import metrics
-
-        def fn(x: np.ndarray) -> np.ndarray:
-            return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-
-        point, ci = rly.get_interval_estimates(scores, fn, reps=reps)
+        point, ci = iqm_and_mean(scores, reps)
         lines += [
             "### Aggregate over envs (rliable; normalised final return; 95% stratified-bootstrap CIs)",
             "",
@@ -160,11 +163,19 @@ def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="sweep directory (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, default=None, help="write the tables (markdown) here")
+    parser.add_argument("sweep", type=Path, help="directory holding the runs (a sweep dir or a job-file root)")
+    parser.add_argument("--out", type=Path, default=None, help="write the tables (markdown) here, the curves beside")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    parser.add_argument("--preset", default="rules_cpu", help="the runs' preset, named in the header")
+    parser.add_argument("--title", default="Upper rules on MuJoCo at a CPU budget", help="the file's title")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="copy each complete run's metrics (gzipped) and run_config.yaml here, to aggregate later with new runs",
+    )
     args = parser.parse_args(argv)
-    runs = load_runs(args.sweep)
+    runs, curves = load_runs(args.sweep)
     if runs.empty:
         print(f"no runs with metrics.csv and run_config.yaml under {args.sweep}", file=sys.stderr)
         return 1
@@ -175,44 +186,43 @@ def main(argv: list[str] | None = None) -> int:
             f"{incomplete[['rule', 'env', 'seed']].to_dict('records')}",
             file=sys.stderr,
         )
-    runs = runs[runs["complete"]]
-    counts = defaultdict(int)
-    for _, r in runs.iterrows():
-        counts[(r["rule"], r["env"])] += 1
+    runs = runs[runs["complete"]].reset_index(drop=True)
+    if runs.empty:
+        print("no complete runs", file=sys.stderr)
+        return 1
+    keep = set(zip(runs["env"], runs["rule"], strict=True))
+    curves = {k: v for k, v in curves.items() if k in keep}
+    if args.archive is not None:
+        archive_runs(runs["dir"], args.sweep, args.archive)
     text, _ = aggregate(runs, args.reps)
     print(text)
     if args.out is not None:
+        png = args.out.with_suffix(".png")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        analysis = ""
-        if args.out.exists():  # a hand-written analysis below the marker survives regeneration
-            old = args.out.read_text()
-            if ANALYSIS in old:
-                analysis = old[old.index(ANALYSIS) :]
-        args.out.write_text(header(args.sweep, runs) + text + "\n" + analysis)
+        plot_curves(curves, png, rule_key, lambda env: f"{env}: eval true return (mean ± SE over seeds)")
+        write_keeping_analysis(args.out, header(args, runs, png.name) + text + "\n")
     return 0
 
 
-ANALYSIS = "## Analysis"
-
-
-def header(sweep: Path, runs: pd.DataFrame) -> str:
+def header(args: argparse.Namespace, runs: pd.DataFrame, png: str) -> str:
     """Title, provenance (command, machine, date) and the budget read from the runs' configs."""
-    cfg = yaml.safe_load(next(sweep.rglob("run_config.yaml")).read_text())
+    cfg = yaml.safe_load((Path(runs["dir"].iloc[0]) / "run_config.yaml").read_text())
     t, b = cfg["trainer"], cfg["buffer"]
     iters = (int(t["total_steps"]) - int(t["initial_steps"])) // int(t["steps_per_iter"])
     labels = int(b["initial_pairs"]) + iters * int(b["pairs_per_iter"])
+    extra = "" if args.preset == "rules_cpu" else f" --preset {args.preset} --title '{args.title}'"
     return (
-        "# Upper rules on MuJoCo at a CPU budget\n\n"
-        f"Generated by `python scripts/aggregate_rules.py {sweep} --out <this file>` on "
+        f"# {args.title}\n\n"
+        f"Generated by `python scripts/aggregate_rules.py {args.sweep}{extra} --out <this file>` on "
         f"{datetime.date.today().isoformat()} ({platform.machine()}, {os.cpu_count()} CPU cores, no GPU) from "
-        f"{len(runs)} complete runs of `exp={cfg.get('exp_name')}` (sweep command: see the preset "
-        "`configs/exp/rules_cpu.yaml` and README).\n\n"
+        f"{len(runs)} complete runs of `exp={args.preset}` (commands: see the preset "
+        f"`configs/exp/{args.preset}.yaml` and README); curves: `{png}`.\n\n"
         f"Budget per run: {t['total_steps']} env steps of the main SAC follower ({t['initial_steps']} random-action "
         f"steps, then {iters} outer iterations of {t['steps_per_iter']}), {labels} labelled pairs "
-        f"({b['initial_pairs']} initial + {b['pairs_per_iter']} per iteration, 25-step segments, oracle teacher), "
-        f"{b['warmup_epochs']} warm-up and {b['epochs_per_iter']} per-iteration leader epochs, "
-        f"evaluation: {t['eval_episodes']} deterministic episodes on the true reward. Rules with a second follower "
-        "(pbrl, hessian_free) also spend the 'aux env steps' column on it. SE = std/sqrt(n) over seeds.\n\n"
+        f"({b['initial_pairs']} initial + {b['pairs_per_iter']} per iteration, {b.get('segment_length', 25)}-step "
+        f"segments, oracle teacher), {b['warmup_epochs']} warm-up and {b['epochs_per_iter']} per-iteration leader "
+        f"epochs, evaluation: {t['eval_episodes']} deterministic episodes on the true reward. Rules with a second "
+        "follower (pbrl, hessian_free) also spend the 'aux env steps' column on it. SE = std/sqrt(n) over seeds.\n\n"
     )
 
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+
+from bilevel_rl.reporting import archive_runs, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
 
 ORDER = ["dense", "delayed", "meta_gradient", "hpgd", "sobirl", "pbrl", "pbrl_unclipped"]
 
@@ -83,15 +83,6 @@ def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str]
     return pd.DataFrame(rows), curves
 
 
-def mean_se(x: pd.Series, digits: int = 0) -> str:
-    """``mean ± SE`` (ddof 1), or ``n/a``."""
-    x = x.dropna()
-    if len(x) == 0:
-        return "n/a"
-    se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return f"{x.mean():.{digits}f} ± {se:.{digits}f}"
-
-
 def order_key(row: str) -> int:
     return ORDER.index(row) if row in ORDER else len(ORDER)
 
@@ -124,8 +115,8 @@ def tables(runs: pd.DataFrame, reps: int) -> tuple[str, dict]:
         for row in sorted(sub["row"].unique(), key=order_key):
             r = sub[sub["row"] == row]
             lines.append(
-                f"| {row} | {len(r)} | {int(r['steps'].min())} | {mean_se(r['score'])} | {mean_se(r['gap'], 2)} | "
-                f"{mean_se(r['auc'])} | {mean_se(r['gap_auc'], 2)} | {mean_se(r['best_response'])} | "
+                f"| {row} | {len(r)} | {int(r['steps'].min())} | {mean_se(r['score'], 0)} | {mean_se(r['gap'], 2)} | "
+                f"{mean_se(r['auc'], 0)} | {mean_se(r['gap_auc'], 2)} | {mean_se(r['best_response'], 0)} | "
                 f"{r['shaping_abs'].mean():.3g} | {r['shaping_corr'].mean():.2f} | "
                 f"{r['wall_min'].mean():.0f} |"
             )
@@ -145,13 +136,7 @@ def tables(runs: pd.DataFrame, reps: int) -> tuple[str, dict]:
         scores = {k: v for k, v in scores.items() if len(v) >= 2}
         if not scores:
             continue
-        from rliable import library as rly
-        from rliable import metrics
-
-        def fn(x: np.ndarray) -> np.ndarray:
-            return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-
-        point, ci = rly.get_interval_estimates(scores, fn, reps=reps)
+        point, ci = iqm_and_mean(scores, reps)
         lines += [
             f"### Fraction of the delayed-to-dense gap recovered, {title} (rliable, all settings; 95% CIs)",
             "",
@@ -167,52 +152,6 @@ def tables(runs: pd.DataFrame, reps: int) -> tuple[str, dict]:
             summary.setdefault(f"aggregate_{column}", {})[row] = {"iqm": float(p[0]), "iqm_ci": c[:, 0].tolist()}
         lines.append("")
     return "\n".join(lines), summary
-
-
-def plot(curves: dict[tuple[str, str], list[pd.DataFrame]], path: Path) -> None:
-    """Mean ± SE of eval/true_return against env steps, one panel per env and follower."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = sorted({env for env, _ in curves})
-    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
-    for ax, env in zip(axes[0], envs, strict=True):
-        for row in sorted({r for e, r in curves if e == env}, key=order_key):
-            runs = curves[(env, row)]
-            grid = np.unique(np.concatenate([c["env_steps"].to_numpy() for c in runs]))
-            ys = np.stack([np.interp(grid, c["env_steps"], c["eval/true_return"], right=np.nan) for c in runs])
-            mean, n = np.nanmean(ys, 0), np.sum(~np.isnan(ys), 0)
-            se = np.nanstd(ys, 0, ddof=1) / np.sqrt(np.maximum(n, 1)) if len(runs) > 1 else np.zeros_like(mean)
-            ax.plot(grid, mean, label=f"{row} ({len(runs)})")
-            ax.fill_between(grid, mean - se, mean + se, alpha=0.2)
-        ax.set_title(f"{env}, delayed reward (20 steps)")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("eval true return")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def archive(runs: pd.DataFrame, root: Path, dest: Path) -> None:
-    """Copy ``metrics.csv`` (gzipped) and ``run_config.yaml`` of each run to ``dest``, keeping paths below ``root``."""
-    for run_dir in runs["dir"]:
-        src = Path(run_dir)
-        target = dest / src.relative_to(root)
-        if target.resolve() == src.resolve():
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "run_config.yaml", target / "run_config.yaml")
-        csv = src / "metrics.csv"
-        if csv.exists():
-            with csv.open("rb") as f_in, gzip.GzipFile(target / "metrics.csv.gz", "wb", mtime=0) as f_out:
-                shutil.copyfileobj(f_in, f_out)
-        else:
-            shutil.copy2(src / "metrics.csv.gz", target / "metrics.csv.gz")
-
-
-ANALYSIS = "## Analysis"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,18 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(zip(runs["env"], runs["row"], strict=True))
         curves = {k: v for k, v in curves.items() if k in keep}
     if args.archive is not None:
-        archive(runs[runs["complete"]], args.root, args.archive)
+        archive_runs(runs.loc[runs["complete"], "dir"], args.root, args.archive)
     text, summary = tables(runs.reset_index(drop=True), args.reps)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        analysis = ""
-        if args.out.exists():
-            old = args.out.read_text()
-            if ANALYSIS in old:
-                analysis = old[old.index(ANALYSIS) :]
         png = args.out.with_suffix(".png")
-        plot(curves, png)
+        plot_curves(curves, png, order_key, lambda env: f"{env}, delayed reward (20 steps)")
         args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
         head = [
             "# Learned reward shaping on delayed-reward MuJoCo",
@@ -271,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             f"deterministic policy, 5 episodes) of the last {args.last} evaluations; curves: `{png.name}`.",
             "",
         ]
-        args.out.write_text("\n".join(head) + "\n" + text + "\n" + analysis)
+        write_keeping_analysis(args.out, "\n".join(head) + "\n" + text + "\n")
     return 0
 
 

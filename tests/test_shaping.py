@@ -145,6 +145,7 @@ def test_shaping_refusals(tmp_path):
     assert_refused([*SHAPING, "upper=hpgd", "upper.estimator=generative"], "upper.estimator", tmp_path / "d")
     assert_refused([*SHAPING, "objective.follower_temperature=null"], "temperature", tmp_path / "e")
     assert_refused([*SHAPING, "objective.reward_fn=nowhere:fn"], "objective.reward_fn", tmp_path / "f")
+    assert_refused([*SHAPING, "upper=sobirl_shaping", "upper.hyper_term_after=10"], "hyper_term_after", tmp_path / "g")
 
 
 @pytest.mark.parametrize("row", ["hpgd", "pbrl_shaping"])

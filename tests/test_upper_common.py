@@ -91,12 +91,12 @@ def test_drlhf_lacks_the_implicit_term_on_the_tabular_lab():
     assert torch.nn.functional.cosine_similarity(step, exact, dim=0) < 0.97  # measured 0.937
 
 
-def _fake_run(root, rule, env, seed, returns, acc=0.8, corr=0.9):
-    d = root / rule / env / f"seed{seed}"
+def _fake_run(root, rule, env, seed, returns, acc=0.8, corr=0.9, upper=None, row=None):
+    d = root / (row or rule) / env / f"seed{seed}"
     d.mkdir(parents=True)
     cfg = {
         "exp_name": "fake",
-        "upper": {"name": rule},
+        "upper": {"name": rule, **(upper or {})},
         "env": {"id": env},
         "seed": seed,
         "trainer": {"total_steps": 3000, "initial_steps": 1000, "steps_per_iter": 1000, "eval_episodes": 1},
@@ -154,6 +154,28 @@ def test_aggregate_script_tables_and_normalised_iqm(tmp_path):
     assert iqm["true_reward"] == pytest.approx(1.0, abs=0.02)
     assert iqm["drlhf"] == pytest.approx(0.505, abs=0.02)
     assert proc.returncode == 0
+
+
+def test_aggregate_rules_gated_row_curves_and_archive(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    for seed in range(2):
+        _fake_run(runs, "true_reward", "A-v0", seed, [0.0, 50.0, 100.0])
+        _fake_run(runs, "sobirl", "A-v0", seed, [0.0, 30.0, 60.0 + seed])
+        _fake_run(runs, "sobirl", "A-v0", seed, [0.0, 10.0, 20.0], upper={"hyper_term_after": 20}, row="gated")
+    script = str(ROOT / "scripts" / "aggregate_rules.py")
+    out = tmp_path / "t2.md"
+    cmd = [sys.executable, script, str(runs), "--preset", "table2_x", "--title", "T2", "--reps", "50", "--out", str(out)]
+    subprocess.run([*cmd, "--archive", str(archive)], check=True, capture_output=True)
+    text = out.read_text()
+    assert text.startswith("# T2\n") and "`configs/exp/table2_x.yaml`" in text and "curves: `t2.png`" in text
+    assert "| sobirl | 2 | 60.5 ± 0.5 | 30.2 ± 0.2 |" in text  # final; mean over the 3 evaluations
+    assert "| sobirl-gated | 2 | 20.0 ± 0.0 | 10.0 ± 0.0 |" in text
+    assert out.with_suffix(".png").stat().st_size > 0
+    again = tmp_path / "again.md"
+    subprocess.run([*cmd[:2], str(archive), *cmd[3:-1], str(again)], check=True, capture_output=True)
+    assert (archive / "gated" / "A-v0" / "seed1" / "metrics.csv.gz").exists()
+    strip = [ln for ln in text.splitlines() if not ln.startswith(("Generated", "Normalisation"))]  # paths differ
+    assert [ln for ln in again.read_text().splitlines() if not ln.startswith(("Generated", "Normalisation"))] == strip
 
 
 def test_a_non_finite_leader_gradient_is_skipped_not_applied():

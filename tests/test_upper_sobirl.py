@@ -178,6 +178,22 @@ def test_fresh_only_drops_the_score_term_of_stale_pairs():
     assert (every - drlhf).norm() > 1e-3
 
 
+def test_hyper_term_after_gates_the_score_term_by_follower_steps():
+    lab = lab_at_optimum(seed=0)
+    buf = buffer_of(lab, 256, 5)
+    steps = lab.follower.num_timesteps
+    assert steps > 1
+    drlhf, _ = one_step(lab, DRLHF(DRLHFConfig(batch_size=256, **SGD)), buf)
+    paper, _ = one_step(lab, SoBiRL(SoBiRLConfig(batch_size=256, **SGD)), buf)
+    gated, out = one_step(lab, SoBiRL(SoBiRLConfig(batch_size=256, hyper_term_after=steps, **SGD)), buf)
+    torch.testing.assert_close(gated, drlhf, rtol=1e-12, atol=1e-14)  # up to and including `steps`: off
+    assert out["upper/hyper_coef"] == 0.0
+    past, out = one_step(lab, SoBiRL(SoBiRLConfig(batch_size=256, hyper_term_after=steps - 1, **SGD)), buf)
+    torch.testing.assert_close(past, paper, rtol=1e-12, atol=1e-14)  # one step past it: the paper's estimator
+    assert out["upper/hyper_coef"] > 0
+    assert (paper - drlhf).norm() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------- refusals
 
 
@@ -193,6 +209,8 @@ def test_fresh_only_drops_the_score_term_of_stale_pairs():
         ({"gamma": 1.0}, "upper.gamma"),
         ({"max_coef": 0.0}, "upper.max_coef"),
         ({"hyper_weight": -1.0}, "upper.hyper_weight"),
+        ({"hyper_term_after": -1}, "upper.hyper_term_after"),
+        ({"hyper_term_after": 2.5}, "upper.hyper_term_after"),
         ({"lr": 0.0}, "upper.lr"),
     ],
 )

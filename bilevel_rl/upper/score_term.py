@@ -72,6 +72,9 @@ class ScoreTermConfig(LeaderOptimConfig):
         max_coef: optional upper clip of ``σ/τ_k`` (small SAC α inflates the term; docs/theory/sobirl_estimators.md §2).
         hyper_weight: multiplier of the score term (1 = paper, 0 = DRLHF).
         hyper_term_on: ``all`` pairs (paper) or only ``fresh`` ones, queried at the current iteration.
+        hyper_term_after: ``c_k = 0`` while the follower has taken at most this many env steps. Not in the paper
+            (eq. 99 has no gate); the SoBiRL authors' code sets the coefficient to 0 until 1e5 SAC steps of their
+            Table 2 runs (``RLHF.py``). ``0`` (default): the paper's estimator, the term is on from the start.
     """
 
     estimator: Literal["truncated", "rollout"] = "truncated"
@@ -83,6 +86,7 @@ class ScoreTermConfig(LeaderOptimConfig):
     max_coef: float | None = None
     hyper_weight: float = 1.0
     hyper_term_on: Literal["all", "fresh"] = "all"
+    hyper_term_after: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +99,8 @@ class ScoreTermConfig(LeaderOptimConfig):
             raise ValueError(f"upper.max_coef must be > 0 or null, got {self.max_coef}")
         if not (self.hyper_weight >= 0 and math.isfinite(self.hyper_weight)):
             raise ValueError(f"upper.hyper_weight must be finite and >= 0, got {self.hyper_weight}")
+        if int(self.hyper_term_after) != self.hyper_term_after or self.hyper_term_after < 0:
+            raise ValueError(f"upper.hyper_term_after must be an integer >= 0, got {self.hyper_term_after}")
 
 
 @dataclass
@@ -184,12 +190,16 @@ class ScoreTerm:
         """``(τ_k, c_k)`` read now (SAC's α changes while the follower learns).
 
         The follower trains on ``σ·r_φ`` (``RewardModel.relabel``, ``σ = reward_scale``), so its soft optimum is
-        ``π*`` of ``r_φ`` at temperature ``τ/σ``: the coefficient is ``σ/τ``.
+        ``π*`` of ``r_φ`` at temperature ``τ/σ``: the coefficient is ``σ/τ``. It is 0 while the follower has
+        taken at most ``hyper_term_after`` env steps (the samples are drawn all the same, so the gate leaves every
+        random stream where it would be without it).
         """
         tau = live_temperature(follower, self.config.name)
         c = reward_scale(model) / tau
         if self.config.max_coef is not None:
             c = min(c, self.config.max_coef)
+        if follower.num_timesteps <= self.config.hyper_term_after and self.config.hyper_term_after > 0:
+            return tau, 0.0
         return tau, self.config.hyper_weight * c
 
     def draw(self, pairs: PreferencePairs, step: LeaderStep, follower: Follower, model: RewardModel) -> HyperSamples:

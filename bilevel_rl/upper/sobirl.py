@@ -22,8 +22,10 @@ Choices where the paper is silent (each tested in tests/test_upper_sobirl.py):
   REINFORCE on whole-trajectory returns. Its mean equals that of HPGD's ``κ = 0`` trajectory estimator (both keep
   the first step of ``∇ log π*``; bias measured in tests/test_shaping_exact.py); ``baseline=mean`` is the
   leave-one-out mean of the other segments' returns.
-* The warm-up (iteration 0) is plain Bradley–Terry (``PreferenceRule``), like the authors' code, which gates the
-  term off for its first 1e5 SAC steps; after it the term is on at every step.
+* The warm-up (iteration 0) is plain Bradley–Terry (``PreferenceRule``); after it the term is on at every step
+  (paper). The authors' code gates it off for its first 1e5 SAC steps: ``hyper_term_after=<env steps>`` does the same
+  (``c_k = 0`` up to that step count; refused with ``objective=leader_reward``, where the term is the whole
+  estimator).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class SoBiRL(ScoreTermRule):
     def objective_problem(cls, params: Any, objective: str) -> str | None:
         if objective == "leader_reward" and params is not None and params.estimator == "rollout":
             return "upper.estimator=rollout is for objective=preferences; use upper.estimator=truncated"
+        if objective == "leader_reward" and getattr(params, "hyper_term_after", 0) > 0:
+            return "upper.hyper_term_after is for objective=preferences (with leader_reward there is no other term)"
         return super().objective_problem(params, objective)
 
     @override
