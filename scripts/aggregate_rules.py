@@ -18,7 +18,8 @@ mean final return of ``upper=true_reward``. (A run-based reference is degenerate
 HalfCheetah's true reward is still below its iteration-0 return at 8k steps.) rliable's stratified bootstrap
 then gives IQM and mean with 95% CIs over all runs and envs (seeded: a regenerated table has the same intervals).
 A row is the rule's name, ``-<penalty>`` for PBRL's penalty and ``-gated`` for SoBiRL with ``upper.hyper_term_after``
-(the authors' code's gate of the score term). With ``--out`` a PNG of the mean ± SE learning curves is written beside
+(the authors' code's gate of the score term); with ``--by-teacher`` also ``@<teacher>`` (B-Pref's teachers;
+``noisy`` is the Bradley–Terry teacher). With ``--out`` a PNG of the mean ± SE learning curves is written beside
 the table.
 """
 
@@ -43,13 +44,19 @@ REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.
 ORDER = ["true_reward", "drlhf", "sobirl", "stoc_sobirl", "pbrl", "hpgd", "ppa", "hessian_free"]
 
 
-def rule_label(upper: dict) -> str:
-    """The row of a run: the rule's name, ``-<penalty>`` for PBRL, ``-gated`` for a gated SoBiRL score term."""
+def rule_label(cfg: dict, by_teacher: bool = False) -> str:
+    """The row of a run: the rule's name, ``-<penalty>`` for PBRL, ``-gated`` for a gated SoBiRL score term, and
+    with ``by_teacher`` ``@<teacher>`` (``bradley_terry`` is B-Pref's ``noisy`` teacher)."""
+    upper = cfg["upper"]
     label = upper["name"] + (f"-{upper['penalty']}" if "penalty" in upper else "")
-    return label + ("-gated" if upper.get("hyper_term_after") else "")
+    label += "-gated" if upper.get("hyper_term_after") else ""
+    if by_teacher:
+        teacher = cfg.get("teacher", {}).get("name", "oracle")
+        label += "@" + ("noisy" if teacher == "bradley_terry" else teacher)
+    return label
 
 
-def load_runs(root: Path) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
+def load_runs(root: Path, by_teacher: bool = False) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
     """One row per run (rule, env, seed, returns, accuracy, correlation, steps, wall time) and the eval curves."""
     rows, curves = [], {}
     for metrics in sorted([*root.rglob("metrics.csv"), *root.rglob("metrics.csv.gz")]):
@@ -65,7 +72,7 @@ def load_runs(root: Path) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.D
         total = int(cfg["trainer"]["total_steps"])
         rows.append(
             {
-                "rule": rule_label(cfg["upper"]),
+                "rule": rule_label(cfg, by_teacher),
                 "env": cfg["env"]["id"],
                 "seed": int(cfg["seed"]),
                 "complete": int(df["env_steps"].max()) >= total,
@@ -89,9 +96,18 @@ def load_runs(root: Path) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.D
     return pd.DataFrame(rows), curves
 
 
-def rule_key(rule: str) -> int:
-    base = rule.split("-")[0]
-    return ORDER.index(base) if base in ORDER else len(ORDER)
+TEACHERS = ["oracle", "noisy", "mistake", "myopic", "skip", "equal"]
+
+
+def rule_key(rule: str) -> tuple[int, int, str]:
+    """Rows in :data:`ORDER`, then by teacher (:data:`TEACHERS`), then by name."""
+    base, _, teacher = rule.partition("@")
+    name = base.split("-")[0]
+    return (
+        ORDER.index(name) if name in ORDER else len(ORDER),
+        TEACHERS.index(teacher) if teacher in TEACHERS else -1,
+        rule,
+    )
 
 
 def aggregate(runs: pd.DataFrame, reps: int) -> tuple[str, pd.DataFrame]:
@@ -166,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="directory holding the runs (a sweep dir or a job-file root)")
     parser.add_argument("--out", type=Path, default=None, help="write the tables (markdown) here, the curves beside")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    parser.add_argument("--by-teacher", action="store_true", help="one row per rule and teacher")
     parser.add_argument("--preset", default="rules_cpu", help="the runs' preset, named in the header")
     parser.add_argument("--title", default="Upper rules on MuJoCo at a CPU budget", help="the file's title")
     parser.add_argument(
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         help="copy each complete run's metrics (gzipped) and run_config.yaml here, to aggregate later with new runs",
     )
     args = parser.parse_args(argv)
-    runs, curves = load_runs(args.sweep)
+    runs, curves = load_runs(args.sweep, args.by_teacher)
     if runs.empty:
         print(f"no runs with metrics.csv and run_config.yaml under {args.sweep}", file=sys.stderr)
         return 1
@@ -210,7 +227,9 @@ def header(args: argparse.Namespace, runs: pd.DataFrame, png: str) -> str:
     t, b = cfg["trainer"], cfg["buffer"]
     iters = (int(t["total_steps"]) - int(t["initial_steps"])) // int(t["steps_per_iter"])
     labels = int(b["initial_pairs"]) + iters * int(b["pairs_per_iter"])
+    teacher = "teacher: see the rows" if args.by_teacher else f"{cfg.get('teacher', {}).get('name', 'oracle')} teacher"
     extra = "" if args.preset == "rules_cpu" else f" --preset {args.preset} --title '{args.title}'"
+    extra += " --by-teacher" if args.by_teacher else ""
     return (
         f"# {args.title}\n\n"
         f"Generated by `python scripts/aggregate_rules.py {args.sweep}{extra} --out <this file>` on "
@@ -220,7 +239,7 @@ def header(args: argparse.Namespace, runs: pd.DataFrame, png: str) -> str:
         f"Budget per run: {t['total_steps']} env steps of the main SAC follower ({t['initial_steps']} random-action "
         f"steps, then {iters} outer iterations of {t['steps_per_iter']}), {labels} labelled pairs "
         f"({b['initial_pairs']} initial + {b['pairs_per_iter']} per iteration, {b.get('segment_length', 25)}-step "
-        f"segments, oracle teacher), {b['warmup_epochs']} warm-up and {b['epochs_per_iter']} per-iteration leader "
+        f"segments, {teacher}), {b['warmup_epochs']} warm-up and {b['epochs_per_iter']} per-iteration leader "
         f"epochs, evaluation: {t['eval_episodes']} deterministic episodes on the true reward. Rules with a second "
         "follower (pbrl, hessian_free) also spend the 'aux env steps' column on it. SE = std/sqrt(n) over seeds.\n\n"
     )

@@ -91,10 +91,11 @@ def test_drlhf_lacks_the_implicit_term_on_the_tabular_lab():
     assert torch.nn.functional.cosine_similarity(step, exact, dim=0) < 0.97  # measured 0.937
 
 
-def _fake_run(root, rule, env, seed, returns, acc=0.8, corr=0.9, upper=None, row=None):
+def _fake_run(root, rule, env, seed, returns, acc=0.8, corr=0.9, upper=None, row=None, teacher=None):
     d = root / (row or rule) / env / f"seed{seed}"
     d.mkdir(parents=True)
     cfg = {
+        **({"teacher": {"name": teacher}} if teacher else {}),
         "exp_name": "fake",
         "upper": {"name": rule, **(upper or {})},
         "env": {"id": env},
@@ -164,7 +165,8 @@ def test_aggregate_rules_gated_row_curves_and_archive(tmp_path):
         _fake_run(runs, "sobirl", "A-v0", seed, [0.0, 10.0, 20.0], upper={"hyper_term_after": 20}, row="gated")
     script = str(ROOT / "scripts" / "aggregate_rules.py")
     out = tmp_path / "t2.md"
-    cmd = [sys.executable, script, str(runs), "--preset", "table2_x", "--title", "T2", "--reps", "50", "--out", str(out)]
+    cmd = [sys.executable, script, str(runs), "--preset", "table2_x", "--title", "T2", "--reps", "50"]
+    cmd += ["--out", str(out)]
     subprocess.run([*cmd, "--archive", str(archive)], check=True, capture_output=True)
     text = out.read_text()
     assert text.startswith("# T2\n") and "`configs/exp/table2_x.yaml`" in text and "curves: `t2.png`" in text
@@ -176,6 +178,20 @@ def test_aggregate_rules_gated_row_curves_and_archive(tmp_path):
     assert (archive / "gated" / "A-v0" / "seed1" / "metrics.csv.gz").exists()
     strip = [ln for ln in text.splitlines() if not ln.startswith(("Generated", "Normalisation"))]  # paths differ
     assert [ln for ln in again.read_text().splitlines() if not ln.startswith(("Generated", "Normalisation"))] == strip
+
+
+def test_aggregate_rules_by_teacher(tmp_path):
+    for seed in range(2):
+        for rule in ("sobirl", "drlhf"):
+            _fake_run(tmp_path, rule, "A-v0", seed, [0.0, 5.0, 10.0 + seed], teacher="bradley_terry", row=f"{rule}_n")
+            _fake_run(tmp_path, rule, "A-v0", seed, [0.0, 5.0, 20.0 + seed], teacher="oracle", row=f"{rule}_o")
+    cmd = [sys.executable, str(ROOT / "scripts" / "aggregate_rules.py"), str(tmp_path), "--reps", "50"]
+    plain = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "| drlhf | 4 | 15.5 ± 2.9 |" in plain  # teachers pooled without --by-teacher
+    text = subprocess.run([*cmd, "--by-teacher"], check=True, capture_output=True, text=True).stdout
+    rows = [ln.split("|")[1].strip() for ln in text.split("### Aggregate")[0].splitlines() if ln.startswith("| ")]
+    assert rows[1:] == ["drlhf@oracle", "drlhf@noisy", "sobirl@oracle", "sobirl@noisy"]
+    assert "| drlhf@noisy | 2 | 10.5 ± 0.5 |" in text
 
 
 def test_a_non_finite_leader_gradient_is_skipped_not_applied():
