@@ -6,6 +6,7 @@ import torch
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, solve_soft
 from bilevel_rl.tabular.repro.amd import exact_leader_gradient
+from bilevel_rl.tabular.repro.band_lu import BandedModel
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms, FourRoomsConfig
 from bilevel_rl.tabular.repro.four_rooms_batch import ROLLOUT_CHUNK, BatchConfig, BatchFourRooms, run_batch
 from bilevel_rl.tabular.repro.hpgd import WarmSoftSolver
@@ -30,6 +31,41 @@ def test_reward_tables_are_the_per_run_tables(problem):
         xi = CONTEXTS[int(ctx[i])]
         torch.testing.assert_close(r[i], problem.env.follower_reward(x[i], xi, 0.003))
         torch.testing.assert_close(rbar[i], problem.env.leader_reward(x[i], xi))
+
+
+def _dense_check(P, gamma, R=64, seed=0):
+    """Banded solves (plain and transposed) against torch's dense LU on random policies and contexts."""
+    model = BandedModel.from_dense(P, gamma)
+    K, S, A, _ = P.shape
+    g = torch.Generator().manual_seed(seed)
+    pi = torch.softmax(3.0 * torch.randn(R, S, A, generator=g, dtype=DTYPE), -1)
+    ctx = torch.randint(K, (R,), generator=g)
+    rhs = torch.randn(R, S, generator=g, dtype=DTYPE)
+    M = torch.eye(S, dtype=DTYPE) - gamma * torch.einsum("rsa,rsat->rst", pi, torch.as_tensor(P)[ctx])
+    lu = model.factor(pi.numpy(), ctx.numpy())
+    for transposed in (False, True):
+        ref = torch.linalg.solve(M.mT if transposed else M, rhs[..., None])[..., 0]
+        got = torch.from_numpy(model.solve(lu, rhs.numpy(), transposed))
+        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-11)
+    return model
+
+
+def test_banded_policy_evaluation_is_the_dense_solve(problem):
+    model = _dense_check(problem.P.numpy(), problem.gamma)
+    rows, cols = (problem.P > 0).any(0).any(1).nonzero().T
+    assert (rows - cols).abs().max() == 97  # the index order: the goal's exit to the absorbing state
+    assert model.half_bandwidth == 11  # reverse Cuthill–McKee: a band of 23 instead of 105 columns
+
+
+def test_banded_policy_evaluation_on_a_random_sparse_mdp():
+    g = torch.Generator().manual_seed(3)
+    K, S, A, succ = 3, 40, 3, 4
+    P = torch.zeros(K, S, A, S, dtype=DTYPE)
+    idx = torch.randint(S, (K, S, A, succ), generator=g)  # arbitrary graph: no grid, wide band
+    P.scatter_add_(-1, idx, torch.rand(K, S, A, succ, generator=g, dtype=DTYPE))
+    P /= P.sum(-1, keepdim=True)
+    model = _dense_check(P.numpy(), 0.95, seed=1)
+    assert 0 < model.half_bandwidth < S
 
 
 @pytest.mark.parametrize("lam", [0.001, 0.005])

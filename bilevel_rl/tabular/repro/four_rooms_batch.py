@@ -3,7 +3,7 @@
 The per-run loop of :mod:`bilevel_rl.tabular.repro.hpgd` (one run, one oracle solve per outer iteration) is far too
 slow for the paper's budget (10,000 outer iterations × 10 seeds × the learning-rate grid, and the ``C`` grid for
 Zero-Order). Here ``R`` runs of one (method, λ, β) cell — every (seed, learning rate[, C]) — share each outer
-iteration: their best responses are solved together (batched soft policy iteration, one LU factorisation per run and
+iteration: their best responses are solved together (batched soft policy iteration, one banded LU per run and
 round), their HPGD trajectories are simulated together (``R × num_envs`` environments), and their exact gradients
 (AMD) and values (Zero-Order, the metric) reuse the same factorisations. The mathematics per run is the per-run code's:
 
@@ -33,6 +33,7 @@ import torch
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
+from bilevel_rl.tabular.repro.band_lu import BandedModel
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
 Method = Literal["hpgd", "amd", "zero_order"]
@@ -64,6 +65,7 @@ class BatchFourRooms:
         self.S, self.A, self.d = env.num_states, env.num_actions, env.x_dim
         self.gamma = env.config.gamma
         self.P = torch.stack([env.transitions(xi) for xi in CONTEXTS])  # (2, S, A, S): the model
+        self.banded = BandedModel.from_dense(self.P.numpy(), self.gamma)  # the oracle's linear algebra
         if sim_slip_prob is None:
             P_sim = self.P
         else:
@@ -104,21 +106,13 @@ class BatchFourRooms:
         """``(k, runs in context k)`` for the contexts present (the model ``P`` is shared within a context)."""
         return [(k, idx) for k in range(len(CONTEXTS)) if len(idx := (ctx == k).nonzero()[:, 0])]
 
-    def _lu(self, pi: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """LU factors of ``I − γ P^π`` per run."""
-        groups = self._groups(ctx)
-        if len(groups) == 1:  # one context: no scatter
-            M = torch.einsum("rsa,sat->rst", pi, self.P[groups[0][0]])
-        else:
-            M = torch.empty(pi.shape[0], self.S, self.S, dtype=DTYPE)
-            for k, idx in groups:
-                M[idx] = torch.einsum("rsa,sat->rst", pi[idx], self.P[k])
-        M.mul_(-self.gamma).diagonal(0, -2, -1).add_(1.0)  # I − γ P^π in place (the batch is tens of MB)
-        return torch.linalg.lu_factor(M)
+    def _lu(self, pi: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Banded LU factors of ``I − γ P^π`` per run (:class:`~bilevel_rl.tabular.repro.band_lu.BandedModel`)."""
+        return torch.from_numpy(self.banded.factor(pi.numpy(), ctx.numpy()))
 
-    def evaluate(self, lu: tuple[torch.Tensor, torch.Tensor], step: torch.Tensor) -> torch.Tensor:
-        """``V = (I − γ P^π)^{-1} step`` per run (``step: (R, S)``)."""
-        return torch.linalg.lu_solve(*lu, step[..., None])[..., 0]
+    def evaluate(self, lu: torch.Tensor, step: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+        """``V = (I − γ P^π)^{-1} step`` per run (``step: (R, S)``); ``transposed``: ``(I − γ P^π)^{-T} step``."""
+        return torch.from_numpy(self.banded.solve(lu.numpy(), step.numpy(), transposed))
 
     def q_values(self, ctx: torch.Tensor, r: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``r + γ P V`` per run."""
@@ -142,25 +136,25 @@ class BatchFourRooms:
         pi0: torch.Tensor,
         tol: float = 1e-10,
         max_iter: int = 100,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft policy iteration per run until ``max |ΔQ| < tol`` (runs that converged stop early).
 
         (A stop on the soft Bellman residual, ``γ λ max KL(π ‖ softmax(Q^π/λ)) / (1 − γ) < tol``, saves a round but
         leaves ``π`` ``O(√KL)`` from the optimum, about 1e-5 at λ = 10⁻³: too coarse for Zero-Order's late difference
         quotients, whose step ``u = C/t`` reaches 1e-4.)
 
-        Returns the last *evaluated* policy (within ``tol`` of the soft optimum) and the LU factors of its
-        ``I − γ P^π``, so values under it cost one more triangular solve.
+        Returns the last *evaluated* policy (within ``tol`` of the soft optimum) and the banded LU factors of its
+        ``I − γ P^π``, so values under it cost one more pair of triangular solves.
         """
         pi, R = pi0.clone(), r.shape[0]
-        lu_piv = (torch.empty(R, self.S, self.S, dtype=DTYPE), torch.empty(R, self.S, dtype=torch.int32))
+        lu_all = torch.empty(R, self.S, 2 * self.banded.half_bandwidth + 1, dtype=DTYPE)
         Q = torch.full_like(r, float("inf"))
         active = torch.arange(R)
         self.solves += R
         for _ in range(max_iter):
             self.factorizations += len(active)
             lu = self._lu(pi[active], ctx[active])
-            lu_piv[0][active], lu_piv[1][active] = lu
+            lu_all[active] = lu
             p, rr = pi[active], r[active]
             lam_a = lam[active][:, None, None]
             V = self.evaluate(lu, (p * (rr - lam_a * torch.log(p.clamp_min(1e-300)))).sum(-1))
@@ -172,7 +166,7 @@ class BatchFourRooms:
             active = active[still]
             if len(active) == 0:
                 break
-        return pi, lu_piv
+        return pi, lu_all
 
     def leader_values(
         self,
@@ -180,7 +174,7 @@ class BatchFourRooms:
         ctx: torch.Tensor,
         beta: torch.Tensor,
         pi: torch.Tensor,
-        lu: tuple[torch.Tensor, torch.Tensor],
+        lu: torch.Tensor,
     ) -> torch.Tensor:
         """``V̄^π(S)`` per run (HPGD eq. 7 as a return)."""
         rbar = self.leader_reward(x, ctx, beta)
@@ -193,7 +187,7 @@ class BatchFourRooms:
         lam: torch.Tensor,
         beta: torch.Tensor,
         pi: torch.Tensor,
-        lu: tuple[torch.Tensor, torch.Tensor],
+        lu: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(d/dx V̄^{π*}(S), V̄^{π*}(S))`` per run by implicit differentiation (AMD; HPGD Thm. 1 with ``ν`` summed).
 
@@ -207,11 +201,11 @@ class BatchFourRooms:
             Vbar = self.evaluate(lu, (pi * rbar).sum(-1))
             e = torch.zeros(x.shape[0], self.S, dtype=DTYPE)
             e[:, self.env.start] = 1.0
-            occ = torch.linalg.lu_solve(*lu, e[..., None], adjoint=True)[..., 0]  # d(s)
+            occ = self.evaluate(lu, e, transposed=True)  # d(s)
             g_pi = occ[:, :, None] * self.q_values(ctx, rbar, Vbar)
             w = pi * g_pi / lam[:, None, None]
             u = self.gamma * self.expected_next(ctx, w) - w.sum(-1)
-            z = torch.linalg.lu_solve(*lu, u[..., None], adjoint=True)[..., 0]
+            z = self.evaluate(lu, u, transposed=True)
             W = w + z[:, :, None] * pi
         total = (occ[:, :, None] * pi * rbar).sum() + (W * self.follower_reward(xx, ctx, lam)).sum()
         (g,) = torch.autograd.grad(total, xx)
@@ -510,7 +504,7 @@ def run_batch(
             elapsed = cpu_before + time.process_time() - t0
             print(
                 f"[{c.method}] iteration {t + 1}/{c.iterations}: mean value {float(value.mean()):.4f}, "
-                f"{elapsed:.0f} CPU-s, {elapsed / (t + 1) * (c.iterations - t - 1) / 60:.1f} CPU-min left",
+                f"{elapsed:.1f} CPU-s, {elapsed / (t + 1) * (c.iterations - t - 1) / 60:.1f} CPU-min left",
                 flush=True,
             )
     return BatchResult(
