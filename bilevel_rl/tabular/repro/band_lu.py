@@ -109,6 +109,98 @@ class BandedModel:
             _solve(lu, x, self.half_bandwidth)
         return x[:, self.place]
 
+    def soft_policy_iteration(
+        self, r: np.ndarray, ctx: np.ndarray, lam: np.ndarray, pi0: np.ndarray, tol: float, max_iter: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Soft policy iteration per run, each until ``max |ΔQ| < tol`` or ``max_iter`` rounds.
+
+        Args:
+            r: ``(R, S, A)`` rewards.
+            ctx: ``(R,)`` contexts (which transition model).
+            lam: ``(R,)`` temperatures.
+            pi0: ``(R, S, A)`` warm starts (not modified).
+            tol: tolerance on the change of ``Q^π`` between rounds.
+            max_iter: rounds at most.
+
+        Returns:
+            ``(π, lu, rounds)``: the last *evaluated* policy per run, the factors of its ``I − γP^π`` and the rounds
+            each run took.
+        """
+        pi = np.array(pi0, dtype=np.float64, order="C")
+        lu = np.empty((pi.shape[0], len(self.order), 2 * self.half_bandwidth + 1))
+        rounds = np.zeros(pi.shape[0], dtype=np.int64)
+        _soft_policy_iteration(
+            np.ascontiguousarray(r, dtype=np.float64), np.ascontiguousarray(ctx, dtype=np.int64),
+            np.ascontiguousarray(lam, dtype=np.float64), pi, self.order, self.next_place, self.prob, self.gamma,
+            self.half_bandwidth, tol, max_iter, lu, rounds,
+        )  # fmt: skip
+        return pi, lu, rounds
+
+
+@numba.njit(cache=True, nogil=True)
+def _factor_one(
+    band: np.ndarray,
+    p: np.ndarray,
+    k: int,
+    order: np.ndarray,
+    next_place: np.ndarray,
+    prob: np.ndarray,
+    gamma: float,
+    b: int,
+) -> None:  # pragma: no cover - compiled; tested through BandedModel
+    """``band`` ← the band of ``I − γ P^π`` (policy ``p: (S, A)``, context ``k``), overwritten by its LU factors."""
+    S, A, m = p.shape[0], p.shape[1], next_place.shape[3]
+    band[:] = 0.0
+    for i in range(S):
+        s = order[i]
+        band[i, b] += 1.0
+        for a in range(A):
+            w = gamma * p[s, a]
+            for j in range(m):
+                band[i, next_place[k, s, a, j] - i + b] -= w * prob[k, s, a, j]
+    for q in range(S):  # Gaussian elimination inside the band, no pivoting
+        pivot = band[q, b]
+        last = min(S - 1, q + b)
+        for i in range(q + 1, last + 1):
+            if band[i, q - i + b] == 0.0:  # the band is sparse too: most of it stays zero
+                continue
+            f = band[i, q - i + b] / pivot
+            band[i, q - i + b] = f
+            for j in range(q + 1, last + 1):
+                band[i, j - i + b] -= f * band[q, j - q + b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve_one(band: np.ndarray, v: np.ndarray, b: int) -> None:  # pragma: no cover - compiled
+    """``v ← U⁻¹ L⁻¹ v`` (banded order), in place."""
+    S = v.shape[0]
+    for i in range(S):
+        acc = v[i]
+        for j in range(max(0, i - b), i):
+            acc -= band[i, j - i + b] * v[j]
+        v[i] = acc
+    for i in range(S - 1, -1, -1):
+        acc = v[i]
+        for j in range(i + 1, min(S, i + b + 1)):
+            acc -= band[i, j - i + b] * v[j]
+        v[i] = acc / band[i, b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve_transposed_one(band: np.ndarray, v: np.ndarray, b: int) -> None:  # pragma: no cover - compiled
+    """``v ← L⁻ᵀ U⁻ᵀ v`` (``Mᵀ = Uᵀ Lᵀ``; banded order), in place."""
+    S = v.shape[0]
+    for i in range(S):  # Uᵀ is lower triangular: column i of U
+        acc = v[i]
+        for j in range(max(0, i - b), i):
+            acc -= band[j, i - j + b] * v[j]
+        v[i] = acc / band[i, b]
+    for i in range(S - 1, -1, -1):  # Lᵀ is unit upper triangular: column i of L
+        acc = v[i]
+        for j in range(i + 1, min(S, i + b + 1)):
+            acc -= band[j, i - j + b] * v[j]
+        v[i] = acc
+
 
 @numba.njit(cache=True, nogil=True)
 def _build_and_factor(
@@ -121,61 +213,84 @@ def _build_and_factor(
     b: int,
     out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled; tested through BandedModel
-    """``out[r]``: the band of ``I − γ P^{π_r}`` in the banded order, overwritten by its LU factors (no pivoting)."""
-    S, A, m = pi.shape[1], pi.shape[2], next_place.shape[3]
+    """``out[r]``: the LU factors of ``I − γ P^{π_r}`` in the banded order."""
     for r in range(pi.shape[0]):
-        band = out[r]
-        k = ctx[r]
-        for i in range(S):
-            s = order[i]
-            band[i, b] += 1.0
-            for a in range(A):
-                w = gamma * pi[r, s, a]
-                for j in range(m):
-                    band[i, next_place[k, s, a, j] - i + b] -= w * prob[k, s, a, j]
-        for p in range(S):  # Gaussian elimination inside the band
-            pivot = band[p, b]
-            last = min(S - 1, p + b)
-            for i in range(p + 1, last + 1):
-                f = band[i, p - i + b] / pivot
-                if f == 0.0:
-                    continue
-                band[i, p - i + b] = f
-                for j in range(p + 1, last + 1):
-                    band[i, j - i + b] -= f * band[p, j - p + b]
+        _factor_one(out[r], pi[r], ctx[r], order, next_place, prob, gamma, b)
 
 
 @numba.njit(cache=True, nogil=True)
 def _solve(lu: np.ndarray, x: np.ndarray, b: int) -> None:  # pragma: no cover - compiled; tested through BandedModel
-    """``x ← U⁻¹ L⁻¹ x`` per run, in place."""
-    S = x.shape[1]
+    """``x[r] ← M_r⁻¹ x[r]`` per run, in place (banded order)."""
     for r in range(x.shape[0]):
-        band, v = lu[r], x[r]
-        for i in range(S):
-            acc = v[i]
-            for j in range(max(0, i - b), i):
-                acc -= band[i, j - i + b] * v[j]
-            v[i] = acc
-        for i in range(S - 1, -1, -1):
-            acc = v[i]
-            for j in range(i + 1, min(S, i + b + 1)):
-                acc -= band[i, j - i + b] * v[j]
-            v[i] = acc / band[i, b]
+        _solve_one(lu[r], x[r], b)
 
 
 @numba.njit(cache=True, nogil=True)
 def _solve_transposed(lu: np.ndarray, x: np.ndarray, b: int) -> None:  # pragma: no cover - compiled
-    """``x ← L⁻ᵀ U⁻ᵀ x`` per run, in place (``Mᵀ = Uᵀ Lᵀ``)."""
-    S = x.shape[1]
+    """``x[r] ← M_r⁻ᵀ x[r]`` per run, in place (banded order)."""
     for r in range(x.shape[0]):
-        band, v = lu[r], x[r]
-        for i in range(S):  # Uᵀ is lower triangular: column i of U
-            acc = v[i]
-            for j in range(max(0, i - b), i):
-                acc -= band[j, i - j + b] * v[j]
-            v[i] = acc / band[i, b]
-        for i in range(S - 1, -1, -1):  # Lᵀ is unit upper triangular: column i of L
-            acc = v[i]
-            for j in range(i + 1, min(S, i + b + 1)):
-                acc -= band[j, i - j + b] * v[j]
-            v[i] = acc
+        _solve_transposed_one(lu[r], x[r], b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _soft_policy_iteration(
+    r: np.ndarray,
+    ctx: np.ndarray,
+    lam: np.ndarray,
+    pi: np.ndarray,
+    order: np.ndarray,
+    next_place: np.ndarray,
+    prob: np.ndarray,
+    gamma: float,
+    b: int,
+    tol: float,
+    max_iter: int,
+    lu: np.ndarray,
+    rounds: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through BatchFourRooms.solve
+    """Soft policy iteration per run (``pi`` in place; ``lu[r]``: the factors of the last evaluated policy).
+
+    A round: ``V = (I − γP^π)⁻¹ Σ_a π (r − λ log π)``, ``Q = r + γ P V``; stop when ``max |Q − Q_prev| < tol``,
+    else ``π ← softmax(Q / λ)``.
+    """
+    R, S, A = r.shape
+    m = next_place.shape[3]
+    v = np.empty(S)
+    q_prev = np.empty((S, A))
+    q = np.empty((S, A))
+    for n in range(R):
+        k, lam_n, p = ctx[n], lam[n], pi[n]
+        q_prev[:] = np.inf
+        for _ in range(max_iter):
+            _factor_one(lu[n], p, k, order, next_place, prob, gamma, b)
+            rounds[n] += 1
+            for i in range(S):
+                s = order[i]
+                acc = 0.0
+                for a in range(A):
+                    acc += p[s, a] * (r[n, s, a] - lam_n * np.log(max(p[s, a], 1e-300)))
+                v[i] = acc
+            _solve_one(lu[n], v, b)
+            diff = 0.0
+            for s in range(S):
+                for a in range(A):
+                    acc = 0.0
+                    for j in range(m):
+                        acc += prob[k, s, a, j] * v[next_place[k, s, a, j]]
+                    q[s, a] = r[n, s, a] + gamma * acc
+                    d = abs(q[s, a] - q_prev[s, a])
+                    if not d <= diff:  # NaN propagates: a NaN round never counts as converged
+                        diff = d
+            if diff < tol:
+                break
+            q_prev[:] = q
+            for s in range(S):  # π ← softmax(Q / λ)
+                top = q[s, 0] / lam_n
+                for a in range(1, A):
+                    top = max(top, q[s, a] / lam_n)
+                z = 0.0
+                for a in range(A):
+                    p[s, a] = np.exp(q[s, a] / lam_n - top)
+                    z += p[s, a]
+                for a in range(A):
+                    p[s, a] /= z

@@ -106,10 +106,6 @@ class BatchFourRooms:
         """``(k, runs in context k)`` for the contexts present (the model ``P`` is shared within a context)."""
         return [(k, idx) for k in range(len(CONTEXTS)) if len(idx := (ctx == k).nonzero()[:, 0])]
 
-    def _lu(self, pi: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """Banded LU factors of ``I − γ P^π`` per run (:class:`~bilevel_rl.tabular.repro.band_lu.BandedModel`)."""
-        return torch.from_numpy(self.banded.factor(pi.numpy(), ctx.numpy()))
-
     def evaluate(self, lu: torch.Tensor, step: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         """``V = (I − γ P^π)^{-1} step`` per run (``step: (R, S)``); ``transposed``: ``(I − γ P^π)^{-T} step``."""
         return torch.from_numpy(self.banded.solve(lu.numpy(), step.numpy(), transposed))
@@ -146,27 +142,12 @@ class BatchFourRooms:
         Returns the last *evaluated* policy (within ``tol`` of the soft optimum) and the banded LU factors of its
         ``I − γ P^π``, so values under it cost one more pair of triangular solves.
         """
-        pi, R = pi0.clone(), r.shape[0]
-        lu_all = torch.empty(R, self.S, 2 * self.banded.half_bandwidth + 1, dtype=DTYPE)
-        Q = torch.full_like(r, float("inf"))
-        active = torch.arange(R)
-        self.solves += R
-        for _ in range(max_iter):
-            self.factorizations += len(active)
-            lu = self._lu(pi[active], ctx[active])
-            lu_all[active] = lu
-            p, rr = pi[active], r[active]
-            lam_a = lam[active][:, None, None]
-            V = self.evaluate(lu, (p * (rr - lam_a * torch.log(p.clamp_min(1e-300)))).sum(-1))
-            Q_new = self.q_values(ctx[active], rr, V)
-            converged = (Q_new - Q[active]).abs().amax((1, 2)) < tol
-            Q[active] = Q_new
-            still = ~converged
-            pi[active[still]] = torch.softmax(Q_new[still] / lam_a[still], -1)
-            active = active[still]
-            if len(active) == 0:
-                break
-        return pi, lu_all
+        pi, lu, rounds = self.banded.soft_policy_iteration(
+            r.numpy(), ctx.numpy(), lam.numpy(), pi0.numpy(), tol, max_iter
+        )
+        self.solves += r.shape[0]
+        self.factorizations += int(rounds.sum())
+        return torch.from_numpy(pi), torch.from_numpy(lu)
 
     def leader_values(
         self,
