@@ -1,15 +1,17 @@
 """Aggregate delayed-reward shaping runs into a markdown table, rliable IQM with 95% CIs, and a PNG of the curves.
 
 Usage:
-    python scripts/aggregate_shaping.py runs/shaping [--out docs/results/shaping_delayed_mujoco.md] [--reps 2000]
+    python scripts/aggregate_shaping.py runs/shaping [more roots ...] [--out docs/results/shaping_delayed_mujoco.md]
 
 Reads every ``metrics.csv`` under the directory whose ``run_config.yaml`` names the env, rule and seed (the layout of
-``scripts/run_shaping_jobs.sh``). Rows: ``dense`` (``upper=true_reward`` on the dense reward: the ceiling),
-``delayed`` (``upper=true_reward`` on the delayed reward, no shaping: the floor) and one row per shaping rule.
+``scripts/run_shaping_jobs.sh``; several roots are read together). A setting is the env, the follower and the
+budget (``trainer.total_steps``: ``Hopper-v5, PPO, 1M``), so runs of one env at two budgets stay apart. Rows:
+``dense`` (``upper=true_reward`` on the dense reward: the ceiling), ``delayed`` (``upper=true_reward`` on the delayed
+reward, no shaping: the floor) and one row per shaping rule.
 Two scores per run, both on ``eval/true_return`` (dense reward, deterministic policy): the *final* return, the mean
 of the last ``--last`` evaluations, and the mean over *all* evaluations (the area under the learning curve divided by
-its length: learning speed, and far less noisy than a final PPO evaluation on Hopper). Each is normalised per env and
-follower as the fraction of the floor-to-ceiling gap recovered, ``(R − R_delayed) / (R_dense − R_delayed)`` with the
+its length: learning speed, and far less noisy than a final PPO evaluation on Hopper). Each is normalised per setting
+as the fraction of the floor-to-ceiling gap recovered, ``(R − R_delayed) / (R_dense − R_delayed)`` with the
 two baselines' mean scores, and rliable's stratified bootstrap gives IQM and mean with 95% CIs over all runs of a row.
 """
 
@@ -45,8 +47,15 @@ def row_label(cfg: dict) -> str:
     return name
 
 
+def budget(steps: int) -> str:
+    """``1000000`` → ``1M``, ``500000`` → ``500k``, ``3000`` → ``3k``, ``1500`` → ``1500``."""
+    if steps % 1_000_000 == 0:
+        return f"{steps // 1_000_000}M"
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+
+
 def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
-    """One row per run (score, completeness, wall time) and the eval curves by (env, row)."""
+    """One row per run (score, completeness, wall time) and the eval curves by (setting, row)."""
     rows, curves = [], {}
     for metrics in sorted([*root.rglob("metrics.csv"), *root.rglob("metrics.csv.gz")]):
         cfg_path = metrics.parent / "run_config.yaml"
@@ -57,7 +66,9 @@ def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str]
         if df.empty or "eval/true_return" not in df:
             continue
         evals = df.dropna(subset=["eval/true_return"])
-        env, label = f"{cfg['env']['id']}, {cfg['follower']['name'].upper()}", row_label(cfg)
+        total = int(cfg["trainer"]["total_steps"])
+        env = f"{cfg['env']['id']}, {cfg['follower']['name'].upper()}, {budget(total)}"
+        label = row_label(cfg)
         br = "upper/best_response/ep_true_return"
         rows.append(
             {
@@ -65,7 +76,7 @@ def load_runs(root: Path, last: int) -> tuple[pd.DataFrame, dict[tuple[str, str]
                 "env": env,
                 "seed": int(cfg["seed"]),
                 "steps": int(df["env_steps"].max()),
-                "complete": int(df["env_steps"].max()) >= int(cfg["trainer"]["total_steps"]),
+                "complete": int(df["env_steps"].max()) >= total,
                 "score": float(evals["eval/true_return"].iloc[-last:].mean()),
                 "auc": float(evals["eval/true_return"].mean()),
                 "best_response": float(df[br].dropna().iloc[-last:].mean())
@@ -157,7 +168,9 @@ def tables(runs: pd.DataFrame, reps: int) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="directory holding the runs (scripts/run_shaping_jobs.sh layout)")
+    parser.add_argument(
+        "roots", type=Path, nargs="+", help="directories holding the runs (scripts/run_shaping_jobs.sh layout)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here (and .png, .json beside it)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     parser.add_argument("--last", type=int, default=3, help="evaluations averaged into a run's score")
@@ -170,9 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         "later together with new runs (checkpoints are not copied)",
     )
     args = parser.parse_args(argv)
-    runs, curves = load_runs(args.root, args.last)
+    if args.archive is not None and len(args.roots) > 1:
+        parser.error("--archive: give one root (runs of two roots may share paths below them)")
+    loaded = [load_runs(root, args.last) for root in args.roots]
+    runs = pd.concat([frame for frame, _ in loaded], ignore_index=True)
+    curves: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for _, by_row in loaded:
+        for key, frames in by_row.items():
+            curves.setdefault(key, []).extend(frames)
+    roots = " ".join(str(r) for r in args.roots)
     if runs.empty:
-        print(f"no runs with metrics.csv and run_config.yaml under {args.root}", file=sys.stderr)
+        print(f"no runs with metrics.csv and run_config.yaml under {roots}", file=sys.stderr)
         return 1
     incomplete = runs[~runs["complete"]]
     if not incomplete.empty and not args.partial:
@@ -188,18 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(zip(runs["env"], runs["row"], strict=True))
         curves = {k: v for k, v in curves.items() if k in keep}
     if args.archive is not None:
-        archive_runs(runs.loc[runs["complete"], "dir"], args.root, args.archive)
+        archive_runs(runs.loc[runs["complete"], "dir"], args.roots[0], args.archive)
     text, summary = tables(runs.reset_index(drop=True), args.reps)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         png = args.out.with_suffix(".png")
-        plot_curves(curves, png, order_key, lambda env: f"{env}, delayed reward (20 steps)")
+        plot_curves(curves, png, order_key, lambda env: f"{env} steps, delayed reward (20 steps)")
         args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
         head = [
             "# Learned reward shaping on delayed-reward MuJoCo",
             "",
-            f"Generated by `python scripts/aggregate_shaping.py {args.root} --out {args.out}` on "
+            f"Generated by `python scripts/aggregate_shaping.py {roots} --out {args.out}` on "
             f"{datetime.date.today()} ({platform.machine()}, {os.cpu_count()} CPUs); runs made by "
             "`scripts/run_shaping_jobs.sh` (one torch thread each). Score: mean `eval/true_return` (dense reward, "
             f"deterministic policy, 5 episodes) of the last {args.last} evaluations; curves: `{png.name}`.",

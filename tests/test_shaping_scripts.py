@@ -12,7 +12,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(root: Path, name: str, rule: str, kind: str, follower: str, seed: int, returns: list[float]) -> None:
+def _fake_run(
+    root: Path, name: str, rule: str, kind: str, follower: str, seed: int, returns: list[float], total: int = 3000
+) -> None:
     d = root / "hopper" / f"{name}_s{seed}"
     d.mkdir(parents=True)
     cfg = {
@@ -20,7 +22,7 @@ def _fake_run(root: Path, name: str, rule: str, kind: str, follower: str, seed: 
         "env": {"id": "Hopper-v5", "visible_reward": {"kind": kind}},
         "follower": {"name": follower},
         "seed": seed,
-        "trainer": {"total_steps": 3000},
+        "trainer": {"total_steps": total},
     }
     (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
     frame = {
@@ -48,7 +50,7 @@ def test_gap_fractions_per_setting(tmp_path):
     cmd = [sys.executable, str(script), str(tmp_path), "--out", str(out), "--reps", "100", "--last", "1"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     summary = json.loads(out.with_suffix(".json").read_text())
-    ppo, sac = summary["Hopper-v5, PPO"], summary["Hopper-v5, SAC"]
+    ppo, sac = summary["Hopper-v5, PPO, 3k"], summary["Hopper-v5, SAC, 3k"]
     assert ppo["hpgd"]["gap_recovered"] == pytest.approx([0.5] * 3)
     # all evaluations: floor 50, ceiling 500/3, rule 400/3 → (400/3 − 50) / (500/3 − 50) = 250/350
     assert ppo["hpgd"]["gap_recovered_over_evals"] == pytest.approx([250 / 350] * 3)
@@ -58,7 +60,7 @@ def test_gap_fractions_per_setting(tmp_path):
     out.write_text(out.read_text() + "## Analysis\nkept\n")  # regeneration keeps a hand-written analysis
     subprocess.run(cmd, check=True, capture_output=True)
     assert out.read_text().endswith("## Analysis\nkept\n")
-    assert "### Hopper-v5, PPO" in out.read_text() and "### Hopper-v5, SAC" in out.read_text()
+    assert "### Hopper-v5, PPO, 3k" in out.read_text() and "### Hopper-v5, SAC, 3k" in out.read_text()
     assert out.with_suffix(".png").stat().st_size > 0
 
 
@@ -89,6 +91,31 @@ def test_archived_runs_aggregate_like_the_originals(tmp_path):
     again = subprocess.run([sys.executable, script, str(archive)], check=True, capture_output=True, text=True)
     strip = [ln.rsplit("|", 2)[0] for ln in first.stdout.splitlines()]  # all but the wall-time column
     assert strip == [ln.rsplit("|", 2)[0] for ln in again.stdout.splitlines()] and "| dense | 2 |" in again.stdout
+
+
+def test_two_roots_and_two_budgets_stay_apart(tmp_path):
+    a, b, archive = tmp_path / "a", tmp_path / "b", tmp_path / "archive"
+    for seed in range(2):
+        _fake_run(a, "dense", "true_reward", "dense", "ppo", seed, [0.0, 200.0, 300.0])
+        _fake_run(a, "delayed", "true_reward", "delayed", "ppo", seed, [0.0, 50.0, 100.0])
+        # the same rows at a smaller budget, in another root: their own floor and ceiling
+        _fake_run(b, "dense", "true_reward", "dense", "ppo", seed, [0.0, 20.0, 30.0], total=2000)
+        _fake_run(b, "delayed", "true_reward", "delayed", "ppo", seed, [0.0, 5.0, 10.0], total=2000)
+        _fake_run(b, "hpgd", "hpgd", "delayed", "ppo", seed, [0.0, 10.0, 20.0], total=2000)
+    out = tmp_path / "r.md"
+    script = str(ROOT / "scripts" / "aggregate_shaping.py")
+    cmd = [sys.executable, script, str(a), str(b), "--out", str(out), "--reps", "50", "--last", "1"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert (
+        set(summary["Hopper-v5, PPO, 2k"]) == {"dense", "delayed", "hpgd"}
+        and "hpgd" not in summary["Hopper-v5, PPO, 3k"]
+    )
+    assert summary["Hopper-v5, PPO, 2k"]["hpgd"]["gap_recovered"] == pytest.approx([0.5, 0.5])
+    assert summary["Hopper-v5, PPO, 3k"]["dense"]["scores"] == [300.0, 300.0]
+    assert f"aggregate_shaping.py {a} {b} --out" in out.read_text()
+    refused = subprocess.run([*cmd, "--archive", str(archive)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--archive: give one root" in refused.stderr and not archive.exists()
 
 
 def test_pbrl_runs_without_the_clip_are_their_own_row():
