@@ -157,38 +157,47 @@ def test_aggregate_script_tables_and_normalised_iqm(tmp_path):
     assert proc.returncode == 0
 
 
-def test_aggregate_rules_gated_row_curves_and_archive(tmp_path):
+def _aggregate_rules(args, capsys):
+    """``scripts/aggregate_rules.py`` in process (no interpreter start-up): its stdout."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from aggregate_rules import main
+    finally:
+        sys.path.pop(0)
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_aggregate_rules_gated_row_curves_and_archive(tmp_path, capsys):
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     for seed in range(2):
         _fake_run(runs, "true_reward", "A-v0", seed, [0.0, 50.0, 100.0])
         _fake_run(runs, "sobirl", "A-v0", seed, [0.0, 30.0, 60.0 + seed])
         _fake_run(runs, "sobirl", "A-v0", seed, [0.0, 10.0, 20.0], upper={"hyper_term_after": 20}, row="gated")
-    script = str(ROOT / "scripts" / "aggregate_rules.py")
     out = tmp_path / "t2.md"
-    cmd = [sys.executable, script, str(runs), "--preset", "table2_x", "--title", "T2", "--reps", "50"]
-    cmd += ["--out", str(out)]
-    subprocess.run([*cmd, "--archive", str(archive)], check=True, capture_output=True)
+    opts = ["--preset", "table2_x", "--title", "T2", "--reps", "50"]
+    _aggregate_rules([runs, *opts, "--out", out, "--archive", archive], capsys)
     text = out.read_text()
     assert text.startswith("# T2\n") and "`configs/exp/table2_x.yaml`" in text and "curves: `t2.png`" in text
     assert "| sobirl | 2 | 60.5 ± 0.5 | 30.2 ± 0.2 |" in text  # final; mean over the 3 evaluations
     assert "| sobirl-gated | 2 | 20.0 ± 0.0 | 10.0 ± 0.0 |" in text
     assert out.with_suffix(".png").stat().st_size > 0
     again = tmp_path / "again.md"
-    subprocess.run([*cmd[:2], str(archive), *cmd[3:-1], str(again)], check=True, capture_output=True)
+    _aggregate_rules([archive, *opts, "--out", again], capsys)
     assert (archive / "gated" / "A-v0" / "seed1" / "metrics.csv.gz").exists()
     strip = [ln for ln in text.splitlines() if not ln.startswith(("Generated", "Normalisation"))]  # paths differ
     assert [ln for ln in again.read_text().splitlines() if not ln.startswith(("Generated", "Normalisation"))] == strip
 
 
-def test_aggregate_rules_by_teacher(tmp_path):
+def test_aggregate_rules_by_teacher(tmp_path, capsys):
     for seed in range(2):
         for rule in ("sobirl", "drlhf"):
             _fake_run(tmp_path, rule, "A-v0", seed, [0.0, 5.0, 10.0 + seed], teacher="bradley_terry", row=f"{rule}_n")
             _fake_run(tmp_path, rule, "A-v0", seed, [0.0, 5.0, 20.0 + seed], teacher="oracle", row=f"{rule}_o")
-    cmd = [sys.executable, str(ROOT / "scripts" / "aggregate_rules.py"), str(tmp_path), "--reps", "50"]
-    plain = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    plain = _aggregate_rules([tmp_path, "--reps", "50"], capsys)
     assert "| drlhf | 4 | 15.5 ± 2.9 |" in plain  # teachers pooled without --by-teacher
-    text = subprocess.run([*cmd, "--by-teacher"], check=True, capture_output=True, text=True).stdout
+    text = _aggregate_rules([tmp_path, "--reps", "50", "--by-teacher"], capsys)
     rows = [ln.split("|")[1].strip() for ln in text.split("### Aggregate")[0].splitlines() if ln.startswith("| ")]
     assert rows[1:] == ["drlhf@oracle", "drlhf@noisy", "sobirl@oracle", "sobirl@noisy"]
     assert "| drlhf@noisy | 2 | 10.5 ± 0.5 |" in text
