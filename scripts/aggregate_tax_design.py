@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aggregate_shaping import ANALYSIS, archive  # noqa: E402
+from bilevel_rl.reporting import ANALYSIS, archive_runs
 
 TAXES = ("income_tax", "vat_1", "vat_2", "vat_3")
 LABELS = {"hpgd": "HPGD", "zero_order": "Zero-Order", "true_reward": "no design (taxes fixed at 0.3)"}
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     if args.archive is not None:
-        archive(runs, args.root, args.archive)
+        archive_runs(runs["dir"], args.root, args.archive)
     if args.out is None:
         print(text)
         return 0
