@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -59,6 +60,24 @@ def iqm_and_mean(
         return rly.get_interval_estimates(scores, fn, reps=reps)
     finally:
         np.random.set_state(state)
+
+
+def complete_only(
+    runs: pd.DataFrame, curves: dict[tuple[str, str], list[pd.DataFrame]], row: str, shown: list[str]
+) -> tuple[pd.DataFrame, dict[tuple[str, str], list[pd.DataFrame]]]:
+    """The runs that reached their budget (column ``complete``) and the curves of their ``(env, row)`` groups.
+
+    The others are named on stderr by their ``shown`` columns, so a table is never silently made from fewer runs.
+    """
+    incomplete = runs[~runs["complete"]]
+    if not incomplete.empty:
+        print(
+            f"warning: {len(incomplete)} incomplete run(s) left out: {incomplete[shown].to_dict('records')}",
+            file=sys.stderr,
+        )
+    runs = runs[runs["complete"]].reset_index(drop=True)
+    keep = set(zip(runs["env"], runs[row], strict=True))
+    return runs, {k: v for k, v in curves.items() if k in keep}
 
 
 def plot_curves(

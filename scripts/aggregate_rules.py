@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bilevel_rl.reporting import archive_runs, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
+from bilevel_rl.reporting import archive_runs, complete_only, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
 
 REFERENCE = {"Hopper": (-20.272305, 3234.3), "HalfCheetah": (-280.178953, 12135.0), "Walker2d": (1.629008, 4592.3)}
 """D4RL random / expert returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE) by env name."""
@@ -196,19 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         print(f"no runs with metrics.csv and run_config.yaml under {args.sweep}", file=sys.stderr)
         return 1
-    incomplete = runs[~runs["complete"]]
-    if not incomplete.empty:
-        print(
-            f"warning: {len(incomplete)} incomplete run(s) left out: "
-            f"{incomplete[['rule', 'env', 'seed']].to_dict('records')}",
-            file=sys.stderr,
-        )
-    runs = runs[runs["complete"]].reset_index(drop=True)
+    runs, curves = complete_only(runs, curves, "rule", ["rule", "env", "seed"])
     if runs.empty:
         print("no complete runs", file=sys.stderr)
         return 1
-    keep = set(zip(runs["env"], runs["rule"], strict=True))
-    curves = {k: v for k, v in curves.items() if k in keep}
     if args.archive is not None:
         archive_runs(runs["dir"], args.sweep, args.archive)
     text, _ = aggregate(runs, args.reps)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bilevel_rl.reporting import archive_runs, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
+from bilevel_rl.reporting import archive_runs, complete_only, iqm_and_mean, mean_se, plot_curves, write_keeping_analysis
 
 ORDER = ["dense", "delayed", "meta_gradient", "hpgd", "sobirl", "pbrl", "pbrl_unclipped"]
 
@@ -195,19 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         print(f"no runs with metrics.csv and run_config.yaml under {roots}", file=sys.stderr)
         return 1
-    incomplete = runs[~runs["complete"]]
-    if not incomplete.empty and not args.partial:
-        print(
-            f"warning: {len(incomplete)} incomplete run(s) left out: "
-            f"{incomplete[['row', 'env', 'seed', 'steps']].to_dict('records')}",
-            file=sys.stderr,
-        )
-        runs = runs[runs["complete"]]
+    if not args.partial:
+        runs, curves = complete_only(runs, curves, "row", ["row", "env", "seed", "steps"])
         if runs.empty:
             print("no complete runs (--partial includes the others)", file=sys.stderr)
             return 1
-        keep = set(zip(runs["env"], runs["row"], strict=True))
-        curves = {k: v for k, v in curves.items() if k in keep}
     if args.archive is not None:
         archive_runs(runs.loc[runs["complete"], "dir"], args.roots[0], args.archive)
     text, summary = tables(runs.reset_index(drop=True), args.reps)
