@@ -189,14 +189,9 @@ def test_each_method_learns_where_spending_pays(method):
 
 def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
     """The batched Table 3 script: one method's runs to JSON, then the report with a per-entry within_2se."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_hpgd_table3_batched.py"
-    spec = importlib.util.spec_from_file_location("table3_batched", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _table3_script()
     common = ["--cells", "0.005:1", "--seeds", "2", "--lrs", "1.0", "0.1", "--iterations", "12", "--window", "4"]
     assert mod.main(["--method", "amd", "--out", str(tmp_path / "amd.json"), *common, "--progress-every", "0"]) == 0
     runs = json.loads((tmp_path / "amd.json").read_text())["runs"]
@@ -250,3 +245,53 @@ def test_a_resumed_batch_continues_exactly(method, tmp_path):
     assert resumed.budget_used == full.budget_used
     with pytest.raises(ValueError, match="checkpoint: .* another configuration"):
         run_batch(problem, config(30), torch.Generator().manual_seed(1), checkpoint=ckpt)
+
+
+def _table3_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_hpgd_table3_batched.py"
+    spec = importlib.util.spec_from_file_location("table3_batched", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_miss_is_explained_by_its_gap_grid_edge_and_trend():
+    """``diagnose``: the gap and tolerance, a learning rate / C at the grid's edge, and a curve still rising over
+    the last window (here +0.1 on every seed, window = 2 curve points); a flat curve and an inner lr say nothing."""
+    mod = _table3_script()
+    cfg = {"lrs": [1.0, 0.5, 0.1], "Cs": [0.1, 1.0, 5.0], "window": 200, "curve_every": 100}
+    entry = {"mean": 0.40, "se": 0.01, "paper_mean": 0.50, "paper_se": 0.0, "lr": 1.0, "C": 5.0,
+             "method": "Zero-Order"}  # fmt: skip
+    rising = [{"curve": [0.1, 0.2, 0.3, 0.3, 0.4, 0.4]}, {"curve": [0.1, 0.2, 0.31, 0.29, 0.41, 0.39]}]
+    facts = mod.diagnose(entry, rising, cfg)
+    assert facts[0] == "ours below the paper by 0.100 (tolerance 0.025)"
+    assert any("best lr 1 at the edge" in f for f in facts) and any("best C 5 at the edge" in f for f in facts)
+    assert facts[-1] == "still rising: +0.100 from the previous window to the last"
+    flat = [{"curve": [0.4] * 6}, {"curve": [0.4] * 6}]
+    assert mod.diagnose({**entry, "lr": 0.5, "C": 1.0, "mean": 0.6}, flat, cfg) == [
+        "ours above the paper by 0.100 (tolerance 0.025)"
+    ]
+
+
+def test_the_ablation_table_compares_each_variant_with_the_authors_baseline(tmp_path):
+    """Two conventions of one method at a tiny budget: the baseline row is the authors' convention, the other row's
+    mean shift is the mean difference of the two files' best-lr scores, and hits are counted per variant."""
+    import json
+
+    mod = _table3_script()
+    common = ["--method", "amd", "--cells", "0.005:1,0.001:3", "--seeds", "2", "--lrs", "1.0",
+              "--iterations", "12", "--window", "4", "--progress-every", "0"]  # fmt: skip
+    assert mod.main([*common, "--out", str(tmp_path / "a.json")]) == 0
+    assert mod.main([*common, "--out", str(tmp_path / "b.json"), "--cost", "state-action"]) == 0
+    md = tmp_path / "ablation.md"
+    assert mod.main(["--ablation", str(tmp_path / "b.json"), str(tmp_path / "a.json"), "--md", str(md)]) == 0
+    text = md.read_text()
+    a, b = (mod.cell_scores(json.loads((tmp_path / f).read_text())) for f in ("a.json", "b.json"))
+    shift = sum(b[c][0] - a[c][0] for c in a) / len(a)
+    rows = [line for line in text.splitlines() if line.startswith("| authors")]
+    assert rows[0].startswith("| authors, sampled, 12 it, 2 seeds |") and rows[0].endswith("| – |")
+    assert rows[1].startswith("| authors+cost=state-action,") and rows[1].endswith(f"| {shift:+.3f} |")
+    assert "Baseline: authors, sampled, 12 it, 2 seeds." in text

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# HPGD Table 3 ablation (issue [4/4]): the authors' conventions and, one change at a time, the paper's model slip,
+# the Σ_{s,a} cost, the penalised goal, the context-averaged metric, a simulator with the model's slip (HPGD only),
+# and all of the paper's conventions together; every variant at one reduced budget (ITERATIONS, WINDOW, SEEDS),
+# all methods with the full learning-rate (and C) grid. One process, one thread; then the table:
+#   python scripts/reproduce_hpgd_table3_batched.py --ablation $ROOT/*/*.json --md docs/results/hpgd_four_rooms_table3_ablation.md
+set -eu
+root=${ROOT:-runs/table3_ablation}
+budget=(--iterations "${ITERATIONS:-1000}" --window "${WINDOW:-100}" --seeds "${SEEDS:-3}" --progress-every 0)
+py=${PYTHON:-python}
+run() {  # <variant dir> <methods> <overrides...>
+  local dir=$1 methods=$2
+  shift 2
+  mkdir -p "$root/$dir"
+  for m in $methods; do
+    [ -e "$root/$dir/$m.json" ] && continue
+    OMP_NUM_THREADS=1 "$py" scripts/reproduce_hpgd_table3_batched.py --method "$m" --out "$root/$dir/$m.json" \
+      "${budget[@]}" "$@"
+  done
+}
+all="amd hpgd zero_order"
+run authors "$all"
+run model_slip "$all" --model-slip 0.3333333333333333
+run cost_state_action "$all" --cost state-action
+run goal_penalised "$all" --goal penalised
+run metric_average "hpgd zero_order" --metric average
+run sim_slip_model "hpgd" --sim-slip 0.4444444444444444
+run paper "$all" --convention paper
