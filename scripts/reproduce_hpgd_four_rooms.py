@@ -1,6 +1,6 @@
 """Reproduce HPGD Table 3 (Four-Rooms, HPGD paper §5.1) on CPU: HPGD vs AMD vs Zero-Order over (λ, β) cells.
 
-Writes ``docs/results/hpgd_four_rooms_table3.md`` (and a ``.json`` with every run) after each finished run, so an
+Writes ``docs/results/hpgd_four_rooms_1k.md`` (and a ``.json`` with every run) after each finished run, so an
 interrupted run leaves a correct partial table; ``--resume`` skips the runs already in the JSON.
 
 Example (the reduced budget of the results doc):
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-budget", action="store_true", help="10k iterations and the paper's LR / C grids")
     parser.add_argument("--convention", default="paper", choices=["paper", "code"])
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--out", default="docs/results/hpgd_four_rooms_table3.md")
+    parser.add_argument("--out", default="docs/results/hpgd_four_rooms_1k.md")
     parser.add_argument("--notes", default=None, help="markdown file appended to the report (analysis)")
     parser.add_argument("--resume", action="store_true", help="skip runs already stored in the JSON next to --out")
     parser.add_argument("--date", default=datetime.date.today().isoformat())

@@ -8,7 +8,7 @@ per-entry ``within_2se`` in a companion JSON.
     python scripts/reproduce_hpgd_table3_batched.py --method amd --out runs/table3/amd.json
     python scripts/reproduce_hpgd_table3_batched.py --method zero_order --out runs/table3/zero_order.json
     python scripts/reproduce_hpgd_table3_batched.py --method hpgd --out runs/table3/hpgd.json
-    python scripts/reproduce_hpgd_table3_batched.py --report runs/table3/*.json --md docs/results/hpgd_table3_batched.md
+    python scripts/reproduce_hpgd_table3_batched.py --report runs/table3/*.json --md docs/results/hpgd_four_rooms_table3.md
 
 An interrupted run continues from its checkpoint (``<out>.ckpt``, every ``--checkpoint-every`` iterations) when the
 same command is run again. On a cluster, one job per method and cell
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSON file of the method's runs")
     ap.add_argument("--report", nargs="+", help="JSON files to tabulate (one convention)")
     ap.add_argument("--ablation", nargs="+", help="JSON files of several conventions/budgets: one table of all")
-    ap.add_argument("--md", type=Path, default=Path("docs/results/hpgd_table3_batched.md"))
+    ap.add_argument("--md", type=Path, default=Path("docs/results/hpgd_four_rooms_table3.md"))
     ap.add_argument("--convention", choices=sorted(CONVENTIONS), default="authors")
     ap.add_argument("--model-slip", type=float, help="override: slip of the oracle's and the metric's model")
     ap.add_argument("--sim-slip", type=float, help="override: slip of HPGD's trajectory simulator")
