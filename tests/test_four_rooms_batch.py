@@ -260,17 +260,20 @@ def _table3_script():
 
 def test_a_miss_is_explained_by_its_gap_grid_edge_and_trend():
     """``diagnose``: the gap and tolerance, a learning rate / C at the grid's edge, and a curve still rising over
-    the last window (here +0.1 on every seed, window = 2 curve points); a flat curve and an inner lr say nothing."""
+    the last window (here +0.1 on every seed, window = 5 curve points); a flat curve and an inner lr say nothing,
+    and neither do two seeds or fewer than 5 points per window."""
     mod = _table3_script()
-    cfg = {"lrs": [1.0, 0.5, 0.1], "Cs": [0.1, 1.0, 5.0], "window": 200, "curve_every": 100}
+    cfg = {"lrs": [1.0, 0.5, 0.1], "Cs": [0.1, 1.0, 5.0], "window": 500, "curve_every": 100}
     entry = {"mean": 0.40, "se": 0.01, "paper_mean": 0.50, "paper_se": 0.0, "lr": 1.0, "C": 5.0,
              "method": "Zero-Order"}  # fmt: skip
-    rising = [{"curve": [0.1, 0.2, 0.3, 0.3, 0.4, 0.4]}, {"curve": [0.1, 0.2, 0.31, 0.29, 0.41, 0.39]}]
+    rising = [{"curve": [0.1] + [0.3 + e] * 5 + [0.4 - e] * 5} for e in (0.0, 0.01, -0.01)]
     facts = mod.diagnose(entry, rising, cfg)
     assert facts[0] == "ours below the paper by 0.100 (tolerance 0.025)"
     assert any("best lr 1 at the edge" in f for f in facts) and any("best C 5 at the edge" in f for f in facts)
     assert facts[-1] == "still rising: +0.100 from the previous window to the last"
-    flat = [{"curve": [0.4] * 6}, {"curve": [0.4] * 6}]
+    assert "still" not in mod.diagnose(entry, rising[:2], cfg)[-1]  # two seeds
+    assert "still" not in mod.diagnose(entry, rising, {**cfg, "window": 400})[-1]  # 4 points per window
+    flat = [{"curve": [0.4] * 11}] * 3
     assert mod.diagnose({**entry, "lr": 0.5, "C": 1.0, "mean": 0.6}, flat, cfg) == [
         "ours above the paper by 0.100 (tolerance 0.025)"
     ]
