@@ -187,8 +187,27 @@ def diagnose(entry: dict, group: list[dict], cfg: dict) -> list[str]:
     return facts
 
 
-def report(paths: list[str], md: Path) -> int:
-    records = [json.loads(Path(p).read_text()) for p in paths]
+def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None) -> dict:
+    """The record with only the runs whose lr (and, for Zero-Order, C) lie in the given grids; its config says so.
+
+    Selecting the best (lr[, C]) from a smaller grid is how the authors' code grid (lr {0.5, 0.1, 0.05, 0.01}, C
+    {0.01, 0.1, 0.5, 1.0}) is compared with the paper's (App. F: lr {1.0, 0.5, 0.1, 0.05, 0.01}) without new runs.
+    """
+    runs = [
+        r
+        for r in record["runs"]
+        if (lrs is None or r["lr"] in lrs) and (Cs is None or r["C"] is None or math.isnan(r["C"]) or r["C"] in Cs)
+    ]
+    if not runs:
+        raise SystemExit(f"--only-lrs/--only-Cs: no run of {record['method']} is left in the grid {lrs} / {Cs}")
+    cfg = {**record["config"], "lrs": sorted({r["lr"] for r in runs}, reverse=True)}
+    if record["method"] == "zero_order":
+        cfg["Cs"] = sorted({r["C"] for r in runs})
+    return {**record, "runs": runs, "config": cfg}
+
+
+def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[float] | None = None) -> int:
+    records = [restrict_grid(json.loads(Path(p).read_text()), lrs, Cs) for p in paths]
     conventions = {(r["convention"], r["metric_kind"]) for r in records}
     if len(conventions) != 1:
         raise SystemExit(f"--report: the files mix conventions/metrics {sorted(conventions)}; report one at a time")
@@ -230,6 +249,7 @@ def report(paths: list[str], md: Path) -> int:
     cpu = {LABEL[m]: by_method[m]["cpu_seconds"] / 60 for m in methods}
     cfg, first = records[0]["config"], records[0]
     command = f"python scripts/reproduce_hpgd_table3_batched.py --report {' '.join(paths)} --md {md}"
+    command += "".join(f" --only-{k} " + " ".join(f"{v:g}" for v in g) for k, g in (("lrs", lrs), ("Cs", Cs)) if g)
     runs_of = f"--method <m>, convention {convention}, --metric {metric_kind}"
     lines = [
         "# HPGD Table 3 (Four-Rooms, HPGD §5.1) at the paper's budget, batched runs",
@@ -340,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=sorted(LABEL))
     ap.add_argument("--out", help="JSON file of the method's runs")
     ap.add_argument("--report", nargs="+", help="JSON files to tabulate (one convention)")
+    ap.add_argument("--only-lrs", type=float, nargs="+", help="--report: choose the best lr from these only")
+    ap.add_argument("--only-Cs", type=float, nargs="+", help="--report: choose the best C from these only")
     ap.add_argument("--ablation", nargs="+", help="JSON files of several conventions/budgets: one table of all")
     ap.add_argument("--md", type=Path, default=Path("docs/results/hpgd_four_rooms_table3.md"))
     ap.add_argument("--convention", choices=sorted(CONVENTIONS), default="authors")
@@ -361,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=250, help="iterations between checkpoints (<out>.ckpt)")
     args = ap.parse_args(argv)
     if args.report:
-        return report(args.report, args.md)
+        return report(args.report, args.md, args.only_lrs, args.only_Cs)
     if args.ablation:
         return ablation(args.ablation, args.md)
     if not (args.method and args.out):

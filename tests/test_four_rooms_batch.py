@@ -298,3 +298,18 @@ def test_the_ablation_table_compares_each_variant_with_the_authors_baseline(tmp_
     assert rows[0].startswith("| authors, sampled, 12 it, 2 seeds |") and rows[0].endswith("| – |")
     assert rows[1].startswith("| authors+cost=state-action,") and rows[1].endswith(f"| {shift:+.3f} |")
     assert "Baseline: authors, sampled, 12 it, 2 seeds." in text
+
+
+def test_the_report_can_choose_from_the_authors_code_grid_without_new_runs():
+    """``restrict_grid`` keeps only runs in the given lr / C grids (AMD's C is nan and always kept), updates the
+    config's grids, and refuses a grid that leaves nothing, naming the flags."""
+    mod = _table3_script()
+    nan = float("nan")
+    runs = [{"lr": lr, "C": C} for lr in (1.0, 0.5) for C in (0.1, 5.0)]
+    rec = {"method": "zero_order", "runs": runs, "config": {"lrs": [1.0, 0.5], "Cs": [0.1, 5.0]}}
+    out = mod.restrict_grid(rec, [0.5, 0.1], [0.1, 1.0])
+    assert out["runs"] == [{"lr": 0.5, "C": 0.1}] and out["config"]["lrs"] == [0.5] and out["config"]["Cs"] == [0.1]
+    amd = {"method": "amd", "runs": [{"lr": 1.0, "C": nan}, {"lr": 0.5, "C": nan}], "config": {"lrs": [1.0, 0.5]}}
+    assert [r["lr"] for r in mod.restrict_grid(amd, [0.5], [0.1])["runs"]] == [0.5]
+    with pytest.raises(SystemExit, match="--only-lrs/--only-Cs: no run of amd"):
+        mod.restrict_grid(amd, [2.0], None)
