@@ -294,7 +294,8 @@ def cell_scores(rec: dict) -> dict[tuple[float, float], tuple[float, float]]:
 def ablation(paths: list[str], md: Path) -> int:
     """One table of every variant (convention × metric × budget) in ``paths`` against the paper and the baseline.
 
-    The baseline is the ``authors`` convention with the ``sampled`` metric at the variants' budget; each variant's
+    The baseline is the ``authors`` convention with the ``sampled`` metric at the smallest budget given (the
+    variants' reduced budget; a full-budget ``authors`` file then shows the budget's effect); each variant's
     column holds its value per entry, and the summary its hits, its mean signed gap to the paper and its mean shift
     from the baseline, so the effect of each one-at-a-time change can be read off.
     """
@@ -303,7 +304,7 @@ def ablation(paths: list[str], md: Path) -> int:
     for r in records:
         key = (r["convention"], r["metric_kind"], r["config"]["iterations"], len(r["config"]["seeds"]))
         groups.setdefault(key, []).append(r)
-    variants = sorted(groups, key=lambda k: (k[0] != "authors" or k[1] != "sampled", k[0], k[1], -k[2]))
+    variants = sorted(groups, key=lambda k: (k[0] != "authors" or k[1] != "sampled", k[0], k[1], k[2]))
     scores = {v: {m: cell_scores(rec) for m, rec in merge_methods(groups[v]).items()} for v in variants}
     name = {v: f"{v[0]}, {v[1]}, {v[2]:,} it, {v[3]} seeds" for v in variants}
     base = next((v for v in variants if v[0] == "authors" and v[1] == "sampled"), variants[0])

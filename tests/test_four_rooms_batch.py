@@ -280,8 +280,9 @@ def test_a_miss_is_explained_by_its_gap_grid_edge_and_trend():
 
 
 def test_the_ablation_table_compares_each_variant_with_the_authors_baseline(tmp_path):
-    """Two conventions of one method at a tiny budget: the baseline row is the authors' convention, the other row's
-    mean shift is the mean difference of the two files' best-lr scores, and hits are counted per variant."""
+    """Two conventions of one method at a tiny budget and the authors' at a larger one: the baseline row is the
+    authors' convention at the smaller budget, the other convention's mean shift is the mean difference of the two
+    files' best-lr scores."""
     import json
 
     mod = _table3_script()
@@ -289,14 +290,19 @@ def test_the_ablation_table_compares_each_variant_with_the_authors_baseline(tmp_
               "--iterations", "12", "--window", "4", "--progress-every", "0"]  # fmt: skip
     assert mod.main([*common, "--out", str(tmp_path / "a.json")]) == 0
     assert mod.main([*common, "--out", str(tmp_path / "b.json"), "--cost", "state-action"]) == 0
+    longer = [*common[:-4], "--window", "4", "--progress-every", "0"]
+    longer[longer.index("12")] = "16"
+    assert mod.main([*longer, "--out", str(tmp_path / "c.json")]) == 0  # the authors' convention at a larger budget
     md = tmp_path / "ablation.md"
-    assert mod.main(["--ablation", str(tmp_path / "b.json"), str(tmp_path / "a.json"), "--md", str(md)]) == 0
+    files = [str(tmp_path / f) for f in ("c.json", "b.json", "a.json")]
+    assert mod.main(["--ablation", *files, "--md", str(md)]) == 0
     text = md.read_text()
     a, b = (mod.cell_scores(json.loads((tmp_path / f).read_text())) for f in ("a.json", "b.json"))
     shift = sum(b[c][0] - a[c][0] for c in a) / len(a)
     rows = [line for line in text.splitlines() if line.startswith("| authors")]
     assert rows[0].startswith("| authors, sampled, 12 it, 2 seeds |") and rows[0].endswith("| – |")
-    assert rows[1].startswith("| authors+cost=state-action,") and rows[1].endswith(f"| {shift:+.3f} |")
+    assert rows[1].startswith("| authors, sampled, 16 it, 2 seeds |")  # the baseline is the smaller budget
+    assert rows[2].startswith("| authors+cost=state-action,") and rows[2].endswith(f"| {shift:+.3f} |")
     assert "Baseline: authors, sampled, 12 it, 2 seeds." in text
 
 
