@@ -158,14 +158,16 @@ def merge_methods(records: list[dict]) -> dict[str, dict]:
     return by_method
 
 
-def diagnose(entry: dict, group: list[dict], cfg: dict) -> list[str]:
+def diagnose(entry: dict, group: list[dict], cfg: dict, averaged: bool = False) -> list[str]:
     """Measured facts about an entry that misses the paper, from its own runs.
 
     * the sign and size of the gap, and the test's tolerance ``2·sqrt(SE² + SE_paper²) + 0.005``;
     * whether the chosen learning rate (or C) lies at the edge of the grid;
     * whether the runs were still moving: the mean over seeds of (mean of the curve over the last window − mean
       over the window before), reported when it exceeds 2 SE over seeds and 0.005; only with ≥ 5 curve points
-      per window and ≥ 3 seeds (a curve point of HPGD or Zero-Order is one sampled context's value).
+      per window and ≥ 3 seeds (a curve point of HPGD or Zero-Order is one sampled context's value);
+    * with ``averaged`` (curve points are context averages: AMD, or ``--metric average``), whether the value still
+      swings within runs over the last window: the mean over seeds of its std there, when above the tolerance.
     """
     gap = entry["mean"] - entry["paper_mean"]
     tol = 2 * math.sqrt(entry["se"] ** 2 + entry["paper_se"] ** 2) + 0.005
@@ -184,6 +186,11 @@ def diagnose(entry: dict, group: list[dict], cfg: dict) -> list[str]:
         m, s = float(moved.mean()), float(moved.std() / math.sqrt(len(moved)))
         if abs(m) > max(2 * s, 0.005):
             facts.append(f"still {'rising' if m > 0 else 'falling'}: {m:+.3f} from the previous window to the last")
+        wobble = float(arr[:, -n:].std(1).mean())
+        if averaged and wobble > tol:
+            span = float((arr[:, -n:].max(1) - arr[:, -n:].min(1)).mean())
+            facts.append(f"not converged: the value swings within each run over the last window (std {wobble:.3f}, "
+                         f"max − min {span:.3f})")  # fmt: skip
     return facts
 
 
@@ -243,7 +250,8 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
                     "budget_used": budget,
                 }
             )  # fmt: skip
-            entries[-1]["diagnosis"] = [] if ok else diagnose(entries[-1], group, rec["config"])
+            averaged = m == "amd" or metric_kind == "average"
+            entries[-1]["diagnosis"] = [] if ok else diagnose(entries[-1], group, rec["config"], averaged)
         rows.append("| " + " | ".join(cells) + " |")
     head = ["λ", "β"] + [x for m in methods for x in (f"{LABEL[m]} ours", f"{LABEL[m]} paper", "2SE?")]
     cpu = {LABEL[m]: by_method[m]["cpu_seconds"] / 60 for m in methods}

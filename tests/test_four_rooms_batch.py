@@ -271,6 +271,11 @@ def test_a_miss_is_explained_by_its_gap_grid_edge_and_trend():
     assert facts[0] == "ours below the paper by 0.100 (tolerance 0.025)"
     assert any("best lr 1 at the edge" in f for f in facts) and any("best C 5 at the edge" in f for f in facts)
     assert facts[-1] == "still rising: +0.100 from the previous window to the last"
+    swinging = [{"curve": [0.1] + [0.4, 0.5, 0.45, 0.4, 0.5] * 2} for _ in range(3)]  # flat mean, swings 0.1
+    assert mod.diagnose(entry, swinging, cfg)[-1].startswith("best C")  # sampled-context curves: no claim
+    assert mod.diagnose({**entry, "se": 0.001}, swinging, cfg, averaged=True)[-1] == (
+        "not converged: the value swings within each run over the last window (std 0.045, max − min 0.100)"
+    )
     assert "still" not in mod.diagnose(entry, rising[:2], cfg)[-1]  # two seeds
     assert "still" not in mod.diagnose(entry, rising, {**cfg, "window": 400})[-1]  # 4 points per window
     flat = [{"curve": [0.4] * 11}] * 3
