@@ -148,6 +148,11 @@ def budget_line(label: str, cfg: dict) -> str:
     )
 
 
+def tolerance(se: float, paper_se: float) -> float:
+    """The within-2-SE test's allowance: ``2·sqrt(SE² + SE_paper²) + 0.005`` (the paper prints two decimals)."""
+    return 2 * math.sqrt(se**2 + paper_se**2) + 0.005
+
+
 def merge_methods(records: list[dict]) -> dict[str, dict]:
     """Method → one record; files of one method (e.g. one per cell, from a cluster) are merged."""
     by_method: dict[str, dict] = {}
@@ -161,7 +166,7 @@ def merge_methods(records: list[dict]) -> dict[str, dict]:
 def diagnose(entry: dict, group: list[dict], cfg: dict, averaged: bool = False) -> list[str]:
     """Measured facts about an entry that misses the paper, from its own runs.
 
-    * the sign and size of the gap, and the test's tolerance ``2·sqrt(SE² + SE_paper²) + 0.005``;
+    * the sign and size of the gap, and the test's :func:`tolerance`;
     * whether the chosen learning rate (or C) lies at the edge of the grid;
     * whether the runs were still moving: the mean over seeds of (mean of the curve over the last window − mean
       over the window before), reported when it exceeds 2 SE over seeds and 0.005; only with ≥ 5 curve points
@@ -170,7 +175,7 @@ def diagnose(entry: dict, group: list[dict], cfg: dict, averaged: bool = False) 
       swings within runs over the last window: the mean over seeds of its std there, when above the tolerance.
     """
     gap = entry["mean"] - entry["paper_mean"]
-    tol = 2 * math.sqrt(entry["se"] ** 2 + entry["paper_se"] ** 2) + 0.005
+    tol = tolerance(entry["se"], entry["paper_se"])
     facts = [f"ours {'above' if gap > 0 else 'below'} the paper by {abs(gap):.3f} (tolerance {tol:.3f})"]
     lrs = cfg["lrs"]
     if len(lrs) > 1 and entry["lr"] in (min(lrs), max(lrs)):
@@ -234,7 +239,7 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
             (lr, C), group = best_group(rec["runs"], lam, beta)
             mean, se = mean_se([r["metric"] for r in group])
             p_mean, p_se = TABLE3[(lam, beta)][LABEL[m]]
-            ok = abs(mean - p_mean) <= 2 * math.sqrt(se**2 + p_se**2) + 0.005
+            ok = abs(mean - p_mean) <= tolerance(se, p_se)
             hits, total = hits + ok, total + 1
             budget = float(np.mean([r["budget_used"] for r in group]))
             hp = f"lr {lr:g}" + ("" if C is None or (isinstance(C, float) and math.isnan(C)) else f", C {C:g}")
@@ -334,7 +339,7 @@ def ablation(paths: list[str], md: Path) -> int:
         for m, cells in scores[v].items():
             for cell, (mean, se) in cells.items():
                 p_mean, p_se = TABLE3[cell][LABEL[m]]
-                hits += abs(mean - p_mean) <= 2 * math.sqrt(se**2 + p_se**2) + 0.005
+                hits += abs(mean - p_mean) <= tolerance(se, p_se)
                 total += 1
                 gaps.append(mean - p_mean)
                 if cell in scores[base].get(m, {}):
