@@ -8,6 +8,7 @@ set -eu
 root=${ROOT:-runs/table3_ablation}
 budget=(--iterations "${ITERATIONS:-1000}" --window "${WINDOW:-100}" --seeds "${SEEDS:-3}" --progress-every 0)
 py=${PYTHON:-python}
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python  # the project's venv (make install)
 run() {  # <variant dir> <methods> <overrides...>
   local dir=$1 methods=$2
   shift 2
