@@ -125,3 +125,30 @@ def test_pbrl_runs_without_the_clip_are_their_own_row():
     base = {"upper": {"name": "pbrl"}, "env": {"visible_reward": {"kind": "delayed"}}}
     assert row_label(base) == "pbrl_unclipped"
     assert row_label({**base, "upper": {"name": "pbrl", "policy_loss_clip": 0.2}}) == "pbrl"
+
+
+def test_the_job_runner_skips_started_and_archived_rows(tmp_path):
+    """``run_shaping_jobs.sh`` starts only rows with neither a run directory under SHAPING_ROOT nor one in ARCHIVE
+    (with a stand-in ``bilevel-rl`` that records its arguments)."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "bilevel-rl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "started.txt"}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    for root, row in (("root", "a_s0"), ("archive", "b_s0")):
+        (tmp_path / root / "quickstart" / row).mkdir(parents=True)
+        (tmp_path / root / "quickstart" / row / "run_config.yaml").write_text("seed: 0\n")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# comment\nquickstart a_s0 seed=0\nquickstart b_s0 seed=0\nquickstart c_s0 upper=drlhf seed=0\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "EXP_PREFIX": "", "MAX_RUNS": "5",
+           "SHAPING_ROOT": str(tmp_path / "root"), "ARCHIVE": str(tmp_path / "archive"),
+           "RUN_PATTERN": "no-such-process-pattern"}  # fmt: skip
+    subprocess.run(["bash", str(repo / "scripts" / "run_shaping_jobs.sh"), str(jobs)], env=env, check=True, timeout=60)
+    started = (tmp_path / "started.txt").read_text().splitlines()
+    assert len(started) == 1 and started[0].startswith("exp=quickstart upper=drlhf seed=0 progress=false")
