@@ -20,6 +20,8 @@ trajectories come from their simulator (2/3, 1/9 each), the cost is charged per 
 penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal penalised). ``--model-slip``,
 ``--sim-slip``, ``--cost`` and ``--goal`` change one convention at a time (the ablation). The metric (``--metric``):
 ``sampled`` (the authors' logged value, ``V̄`` of the iteration's sampled context) or ``average`` (both contexts).
+AMD's follower (``--amd-follower``): ``exact`` (solved and differentiated exactly every step) or ``sweeps``
+(Algorithm 9 as printed, ``--amd-sweeps`` warm-started sweeps per step, the authors' ``train_amd.py``).
 Scores: each run's metric averaged over the last ``--window`` iterations; per cell and method the (lr[, C]) with the
 best mean over seeds; mean ± standard error with ``std(ddof=0)/√n`` (numpy's default, the authors' notebook).
 """
@@ -94,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         num_envs=args.num_envs,
         steps_per_env=args.steps_per_env,
+        amd_follower=args.amd_follower,
+        amd_sweeps=args.amd_sweeps,
         progress_every=args.progress_every,
     )
+    if args.method == "amd" and args.amd_follower == "sweeps":
+        name += f"+amd-sweeps={args.amd_sweeps}"
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=1_000)
     ap.add_argument("--num-envs", type=int, default=5)
     ap.add_argument("--steps-per-env", type=int, default=2_000)
+    ap.add_argument(
+        "--amd-follower",
+        choices=["exact", "sweeps"],
+        default="exact",
+        help="AMD: exact follower and gradient every step, or Alg. 9 as printed (K warm-started sweeps)",
+    )
+    ap.add_argument("--amd-sweeps", type=int, default=100, help="AMD with --amd-follower sweeps: K per step")
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's random stream")
     ap.add_argument("--progress-every", type=int, default=100)
     ap.add_argument("--checkpoint-every", type=int, default=250, help="iterations between checkpoints (<out>.ckpt)")

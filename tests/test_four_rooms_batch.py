@@ -311,6 +311,24 @@ def test_the_ablation_table_compares_each_variant_with_the_authors_baseline(tmp_
     assert "Baseline: authors, sampled, 12 it, 2 seeds." in text
 
 
+def test_the_script_runs_amd_as_algorithm_9_prints_it_as_its_own_convention(tmp_path):
+    """``--amd-follower sweeps``: the runs are a variant of their own (``authors+amd-sweeps=K``) next to the exact
+    follower's in the ablation table, and they differ from it (the follower lags)."""
+    import json
+
+    mod = _table3_script()
+    common = ["--method", "amd", "--cells", "0.005:1", "--seeds", "1", "--lrs", "0.5",
+              "--iterations", "6", "--window", "3", "--progress-every", "0"]  # fmt: skip
+    assert mod.main([*common, "--out", str(tmp_path / "exact.json")]) == 0
+    assert mod.main([*common, "--out", str(tmp_path / "k3.json"), "--amd-follower", "sweeps", "--amd-sweeps", "3"]) == 0
+    exact, k3 = (json.loads((tmp_path / f).read_text()) for f in ("exact.json", "k3.json"))
+    assert k3["convention"] == "authors+amd-sweeps=3" and k3["config"]["amd_sweeps"] == 3
+    assert k3["runs"][0]["metric"] != exact["runs"][0]["metric"]
+    md = tmp_path / "ablation.md"
+    assert mod.main(["--ablation", str(tmp_path / "exact.json"), str(tmp_path / "k3.json"), "--md", str(md)]) == 0
+    assert "| authors+amd-sweeps=3, sampled, 6 it, 1 seeds |" in md.read_text()
+
+
 def test_the_report_can_choose_from_the_authors_code_grid_without_new_runs():
     """``restrict_grid`` keeps only runs in the given lr / C grids (AMD's C is nan and always kept), updates the
     config's grids, and refuses a grid that leaves nothing, naming the flags."""

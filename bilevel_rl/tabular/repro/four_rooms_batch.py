@@ -10,7 +10,8 @@ round), their HPGD trajectories are simulated together (``R × num_envs`` enviro
 * the oracle ``π^o_{x,ξ}`` is the exact soft optimum (soft policy iteration to ``tol``, warm-started per context);
 * HPGD: ``ĝ`` is :func:`~bilevel_rl.tabular.checks.hpgd_trajectory.pooled_weights` (Prop. 1 with every-visit
   Monte Carlo, the estimator of the authors' code) on ``num_envs × steps_per_env`` on-policy steps;
-* AMD (Alg. 9 at its fixed point): the exact ``d/dx V̄^{π*_{x,ξ}}(S)`` by implicit differentiation;
+* AMD (Alg. 9 at its fixed point): the exact ``d/dx V̄^{π*_{x,ξ}}(S)`` by implicit differentiation; or, with
+  ``amd_follower="sweeps"``, Alg. 9 as printed (``K`` warm-started sweeps per step, :mod:`.amd_sweeps`);
 * Zero-Order (Alg. 10): ``[f(x + u z) − f(x)] / u · z`` with ``u = C / t``;
 * update ``x ← x + α clip_{1}(ĝ)`` (ascent on the leader's return, i.e. Alg. 1's descent on ``F``).
 
@@ -33,6 +34,7 @@ import torch
 from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
+from bilevel_rl.tabular.repro.amd_sweeps import SweptAMD
 from bilevel_rl.tabular.repro.band_lu import BandedModel
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
@@ -347,6 +349,11 @@ class BatchConfig:
         steps_per_env: HPGD's steps per environment (the authors: 2,000; 10,000 steps per gradient).
         max_episode_steps: episode cap (200).
         tol: oracle tolerance on ``Q``.
+        amd_follower: AMD's follower and derivative tables: ``exact`` (solved and differentiated exactly every step,
+            Alg. 9 at its fixed point) or ``sweeps`` (Alg. 9 as printed and as the authors ran it: ``amd_sweeps``
+            warm-started sweeps per step, so the tables lag a moving ``x``; its ``sampled`` metric is the lagged
+            table's value, the one the authors log).
+        amd_sweeps: ``K``, sweeps per outer step with ``amd_follower="sweeps"`` (the authors: 100).
         curve_every: keep each run's metric value every this many iterations.
         progress_every: print a progress line every this many iterations (0: never).
     """
@@ -365,6 +372,8 @@ class BatchConfig:
     steps_per_env: int = 2_000
     max_episode_steps: int = 200
     tol: float = 1e-10
+    amd_follower: Literal["exact", "sweeps"] = "exact"
+    amd_sweeps: int = 100
     curve_every: int = 100
     progress_every: int = 0
 
@@ -373,6 +382,10 @@ class BatchConfig:
             raise ValueError(f"method: expected hpgd, amd or zero_order, got {self.method!r}")
         if not 0 < self.window <= self.iterations:
             raise ValueError(f"window: must be in [1, iterations={self.iterations}], got {self.window}")
+        if self.amd_follower not in ("exact", "sweeps"):
+            raise ValueError(f"amd_follower: expected exact or sweeps, got {self.amd_follower!r}")
+        if self.amd_sweeps < 1:
+            raise ValueError(f"amd_sweeps: must be >= 1, got {self.amd_sweeps}")
 
     def runs(self) -> list[dict[str, float]]:
         """One dict per run: ``lam, beta, seed, lr, C`` (``C`` is NaN outside Zero-Order)."""
@@ -427,6 +440,7 @@ def run_batch(
     t0, start, cpu_before = time.process_time(), 0, 0.0
     solves0, factorizations0 = problem.solves, problem.factorizations
     identity = {k: v for k, v in vars(c).items() if k != "progress_every"}
+    swept = SweptAMD(problem, lam, beta, c.amd_sweeps) if c.method == "amd" and c.amd_follower == "sweeps" else None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != identity or state["problem"] != problem.identity():
@@ -434,33 +448,41 @@ def run_batch(
         start, x, warm, window_sum, curves = state["t"], state["x"], state["warm"], state["window_sum"], state["curves"]
         generator.set_state(state["generator"])
         cpu_before = state["cpu_seconds"]
+        if swept is not None:
+            swept.tables = state["tables"]
         solves0 -= state["solves"]
         factorizations0 -= state["factorizations"]
+    elif swept is not None:
+        swept.start(x)
     for t in range(start, c.iterations):
         ctx = torch.randint(len(CONTEXTS), (R,), generator=generator)
-        pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
-        pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
-        for k in range(len(CONTEXTS)):
-            warm[k][ctx == k] = pi[ctx == k]
-        if c.method == "amd":
-            g, value = problem.exact_gradient(x, ctx, lam, beta, pi, lu)
+        if swept is not None:  # Alg. 9 as printed: no oracle, K sweeps of the lagging tables
+            g, value = swept.step(x, ctx)
+            warm = swept.policies()
         else:
-            value = problem.leader_values(x, ctx, beta, pi, lu)
-            if c.method == "hpgd":
-                data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
-                W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam)
-                xx = x.clone().requires_grad_(True)
-                total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
-                total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
-                (g,) = torch.autograd.grad(total, xx)
+            pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
+            pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
+            for k in range(len(CONTEXTS)):
+                warm[k][ctx == k] = pi[ctx == k]
+            if c.method == "amd":
+                g, value = problem.exact_gradient(x, ctx, lam, beta, pi, lu)
             else:
-                u = C / (t + 1)
-                z = torch.randn(R, problem.d, generator=generator, dtype=DTYPE)
-                x1 = x + u * z
-                pi1, lu1 = problem.solve(problem.follower_reward(x1, ctx, lam), ctx, lam, pi, c.tol)
-                g = (problem.leader_values(x1, ctx, beta, pi1, lu1) - value)[:, None] / u * z
+                value = problem.leader_values(x, ctx, beta, pi, lu)
+                if c.method == "hpgd":
+                    data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
+                    W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam)
+                    xx = x.clone().requires_grad_(True)
+                    total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
+                    total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
+                    (g,) = torch.autograd.grad(total, xx)
+                else:
+                    u = C / (t + 1)
+                    z = torch.randn(R, problem.d, generator=generator, dtype=DTYPE)
+                    x1 = x + u * z
+                    pi1, lu1 = problem.solve(problem.follower_reward(x1, ctx, lam), ctx, lam, pi, c.tol)
+                    g = (problem.leader_values(x1, ctx, beta, pi1, lu1) - value)[:, None] / u * z
         in_window, on_curve = t >= c.iterations - c.window, t % c.curve_every == 0 or t == c.iterations - 1
-        if (in_window or on_curve) and (c.metric == "average" or c.method == "amd"):
+        if (in_window or on_curve) and (c.metric == "average" or (c.method == "amd" and swept is None)):
             value = context_average(problem, x, lam, beta, warm, c.tol)
         if in_window:
             window_sum += value
@@ -477,6 +499,7 @@ def run_batch(
                     "generator": generator.get_state(), "cpu_seconds": cpu_before + time.process_time() - t0,
                     "solves": problem.solves - solves0, "factorizations": problem.factorizations - factorizations0,
                     "config": identity, "problem": problem.identity(),
+                    "tables": None if swept is None else swept.tables,
                 },
                 tmp,
             )  # fmt: skip
