@@ -30,11 +30,12 @@ selects which ``Ṽ`` the step ascends.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+import numba
+import numpy as np
 import torch
 
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS
@@ -49,7 +50,7 @@ def _run_sum(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
 
 
 class SweptAMD:
-    """The four Algorithm 9 tables of ``R`` runs (``(R, contexts, S, A[, d])``) and the step that sweeps them.
+    """The four Algorithm 9 tables of ``R`` runs (``(contexts, S, A, R[, d])``) and the step that sweeps them.
 
     Args:
         problem: the batched Four-Rooms rewards and model (``P`` of each context, dense).
@@ -63,17 +64,18 @@ class SweptAMD:
             raise ValueError(f"amd_sweeps: must be >= 1, got {sweeps}")
         self.problem, self.lam, self.beta, self.sweeps = problem, lam, beta, sweeps
         self.R, self.C = lam.shape[0], len(CONTEXTS)
-        S, A = problem.S, problem.A
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse @ dense is all we use
-            warnings.simplefilter("ignore", UserWarning)
-            self._P = [problem.P[k].reshape(S * A, S).to_sparse_csr() for k in range(self.C)]
+        P = problem.P.reshape(self.C, problem.S, problem.A, problem.S)
+        K = int((P > 0).sum(-1).max())
+        probs, nxt = torch.sort(P, dim=-1, descending=True)  # the at most K successors of every (s, a)
+        self._next, self._prob = nxt[..., :K].contiguous().numpy(), probs[..., :K].contiguous().numpy()
         self.tables: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ rewards at x and their derivatives
     def rewards(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``r_x, ∇_x r_x, r̄_x, ∇_x r̄_x`` per run and context: ``(R, C, S, A)`` and ``(R, C, S, A, d)``.
+        """``r_x, ∇_x r_x, r̄_x, ∇_x r̄_x`` per context and run: ``(C, S, A, R)`` and ``(C, S, A, R, d)``.
 
         Each run's tables depend on its own ``x`` only, so the Jacobian of the run-summed tables is the per-run one.
+        (Runs are the next-to-last axis so that ``P`` applies to all runs and directions in one product.)
         """
         pb = self.problem
         out: dict[str, list[torch.Tensor]] = {"r": [], "dr": [], "ru": [], "dru": []}
@@ -84,41 +86,21 @@ class SweptAMD:
                 "ru": partial(pb.leader_reward, ctx=ctx, beta=self.beta),
             }
             for name, fn in tables.items():
-                out[name].append(fn(x))
-                jac = torch.autograd.functional.jacobian(partial(_run_sum, fn), x, vectorize=True)  # (S, A, R, d)
-                out["d" + name].append(jac.permute(2, 0, 1, 3))
-        return {name: torch.stack(v, 1) for name, v in out.items()}
+                out[name].append(fn(x).permute(1, 2, 0))
+                out["d" + name].append(torch.autograd.functional.jacobian(partial(_run_sum, fn), x, vectorize=True))
+        return {name: torch.stack(v).contiguous() for name, v in out.items()}
 
     # ------------------------------------------------------------------ one sweep
-    def _expect_next(self, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_{s'} P_ξ(s' | s, a) V(ξ, s', ...)`` for ``V: (R, C, S, *rest)`` → ``(R, C, S, A, *rest)``."""
-        R, C, S = V.shape[:3]
-        rest = V.shape[3:]
-        out = []
-        for k in range(C):
-            Vk = V[:, k].reshape(R, S, -1).transpose(0, 1).reshape(S, -1)  # (S, R * rest)
-            PV = (self._P[k] @ Vk).reshape(S, self.problem.A, R, -1)
-            out.append(PV.permute(2, 0, 1, 3).reshape(R, S, self.problem.A, *rest))
-        return torch.stack(out, 1)
-
     def policy(self, Q: torch.Tensor) -> torch.Tensor:
-        """``softmax(Q / λ)`` per run."""
-        return torch.softmax(Q / self.lam[:, None, None, None], -1)
+        """``softmax(Q / λ)`` over actions, ``Q: (C, S, A, R)``."""
+        return torch.softmax(Q / self.lam, 2)
 
     def sweep(self, rw: dict[str, torch.Tensor]) -> None:
-        """One synchronous sweep of all four tables (module docstring), every context."""
-        T, lam, gamma = self.tables, self.lam[:, None, None, None], self.problem.gamma
-        pi = self.policy(T["Q"])
-        V = (pi * T["Q"]).sum(-1) - lam[..., 0] * torch.xlogy(pi, pi).sum(-1)
-        dV = (pi[..., None] * T["dQ"]).sum(-2)
-        dA = T["dQ"] - dV[:, :, :, None]
-        Vu = (pi * T["Qu"]).sum(-1)
-        Au = T["Qu"] - Vu[..., None]
-        Vt = (pi[..., None] * T["Qt"]).sum(-2)
-        T["Q"] = rw["r"] + gamma * self._expect_next(V)
-        T["dQ"] = rw["dr"] + gamma * self._expect_next(dV)
-        T["Qu"] = rw["ru"] + gamma * self._expect_next(Vu)
-        T["Qt"] = rw["dru"] + dA * (Au / lam)[..., None] + gamma * self._expect_next(Vt)
+        """One synchronous sweep of all four tables (module docstring), every context, in place (compiled)."""
+        T = {k: v.numpy() for k, v in self.tables.items()}
+        R = {k: v.numpy() for k, v in rw.items()}
+        _sweep(T["Q"], T["dQ"], T["Qu"], T["Qt"], R["r"], R["dr"], R["ru"], R["dru"],
+               self._next, self._prob, self.lam.numpy(), self.problem.gamma)  # fmt: skip
 
     # ------------------------------------------------------------------ the outer step
     def start(self, x: torch.Tensor, tol: float = 1e-12, max_sweeps: int = 10_000) -> int:
@@ -127,7 +109,7 @@ class SweptAMD:
         (``γ = 0.99`` needs about 3,000 sweeps.)
         """
         pb = self.problem
-        zeros = torch.zeros(self.R, self.C, pb.S, pb.A, dtype=x.dtype)
+        zeros = torch.zeros(self.C, pb.S, pb.A, self.R, dtype=x.dtype)
         self.tables = {"Q": zeros, "dQ": zeros[..., None].expand(-1, -1, -1, -1, pb.d).clone(), "Qu": zeros.clone()}
         self.tables["Qt"] = self.tables["dQ"].clone()
         rw = self.rewards(x)
@@ -145,12 +127,75 @@ class SweptAMD:
             self.sweep(rw)
         T, s0 = self.tables, self.problem.env.start
         pi = self.policy(T["Q"])
-        Vt = (pi[..., None] * T["Qt"]).sum(-2)  # (R, C, S, d)
-        Vu = (pi * T["Qu"]).sum(-1)  # (R, C, S)
-        g = Vt[torch.arange(self.R), ctx, s0]
-        return g, Vu[:, :, s0].mean(1)  # contexts are uniform (HPGD §5.1)
+        Vt = torch.einsum("car,card->crd", pi[:, s0], T["Qt"][:, s0])  # (C, R, d) at the start state
+        Vu = (pi[:, s0] * T["Qu"][:, s0]).sum(1)  # (C, R)
+        g = Vt[ctx, torch.arange(self.R)]
+        return g, Vu.mean(0)  # contexts are uniform (HPGD §5.1)
 
     def policies(self) -> list[torch.Tensor]:
         """The current ``π_K`` of each context, ``(R, S, A)`` each (warm starts for exact solves of the metric)."""
         pi = self.policy(self.tables["Q"])
-        return [pi[:, k].clone() for k in range(self.C)]
+        return [pi[k].permute(2, 0, 1).contiguous() for k in range(self.C)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep(
+    Q: np.ndarray,
+    dQ: np.ndarray,
+    Qu: np.ndarray,
+    Qt: np.ndarray,
+    r: np.ndarray,
+    dr: np.ndarray,
+    ru: np.ndarray,
+    dru: np.ndarray,
+    nxt: np.ndarray,
+    prob: np.ndarray,
+    lam: np.ndarray,
+    gamma: float,
+) -> None:  # pragma: no cover - compiled; tested through SweptAMD against the exact hypergradient
+    """One Algorithm 9 sweep in place: ``(C, S, A, R)`` tables ``Q, Q^u``, ``(C, S, A, R, d)`` tables ``∇Q, Q̃``.
+
+    First every state's ``π = softmax(Q/λ)``, ``V, ∇V, V^u, Ṽ`` from the old tables; then every ``(s, a)`` entry
+    from its own old entries (``∇A``, ``A^u``) and the successors' values, so updating in place is synchronous.
+    """
+    C, S, A, R, D = dQ.shape
+    K = nxt.shape[-1]
+    pi = np.empty((C, S, A, R))
+    V, Vu = np.zeros((C, S, R)), np.zeros((C, S, R))
+    dV, Vt = np.zeros((C, S, R, D)), np.zeros((C, S, R, D))
+    for c in range(C):
+        for s in range(S):
+            for i in range(R):
+                m = Q[c, s, 0, i]
+                for a in range(1, A):
+                    m = max(m, Q[c, s, a, i])
+                z = 0.0
+                for a in range(A):
+                    pi[c, s, a, i] = np.exp((Q[c, s, a, i] - m) / lam[i])
+                    z += pi[c, s, a, i]
+                for a in range(A):
+                    p = pi[c, s, a, i] / z
+                    pi[c, s, a, i] = p
+                    V[c, s, i] += p * Q[c, s, a, i] - (lam[i] * p * np.log(p) if p > 0.0 else 0.0)
+                    Vu[c, s, i] += p * Qu[c, s, a, i]
+                    for j in range(D):
+                        dV[c, s, i, j] += p * dQ[c, s, a, i, j]
+                        Vt[c, s, i, j] += p * Qt[c, s, a, i, j]
+    for c in range(C):
+        for s in range(S):
+            for a in range(A):
+                for i in range(R):
+                    w = (Qu[c, s, a, i] - Vu[c, s, i]) / lam[i]  # A^u / λ, from the old Q^u
+                    q, qu = r[c, s, a, i], ru[c, s, a, i]
+                    for j in range(D):  # ∇r̄ + A^u ∇A / λ (old ∇Q) and ∇r
+                        Qt[c, s, a, i, j] = dru[c, s, a, i, j] + w * (dQ[c, s, a, i, j] - dV[c, s, i, j])
+                        dQ[c, s, a, i, j] = dr[c, s, a, i, j]
+                    for k in range(K):
+                        p = gamma * prob[c, s, a, k]
+                        n = nxt[c, s, a, k]
+                        q += p * V[c, n, i]
+                        qu += p * Vu[c, n, i]
+                        for j in range(D):
+                            dQ[c, s, a, i, j] += p * dV[c, n, i, j]
+                            Qt[c, s, a, i, j] += p * Vt[c, n, i, j]
+                    Q[c, s, a, i], Qu[c, s, a, i] = q, qu
