@@ -160,12 +160,18 @@ def tolerance(se: float, paper_se: float) -> float:
 
 
 def merge_methods(records: list[dict]) -> dict[str, dict]:
-    """Method → one record; files of one method (e.g. one per cell, from a cluster) are merged."""
+    """Method → one record; files of one method (e.g. one per cell, from a cluster, or one per C) are merged.
+
+    The merged config's ``lrs`` and ``Cs`` are the union of the files' grids (the grid the best entry is chosen from).
+    """
     by_method: dict[str, dict] = {}
     for r in records:
-        merged = by_method.setdefault(r["method"], {**r, "runs": [], "cpu_seconds": 0.0})
+        merged = by_method.setdefault(r["method"], {**r, "runs": [], "cpu_seconds": 0.0, "config": {**r["config"]}})
         merged["runs"] = merged["runs"] + r["runs"]
         merged["cpu_seconds"] += r["cpu_seconds"]
+        cfg = merged["config"]
+        cfg["lrs"] = sorted(set(cfg["lrs"]) | set(r["config"]["lrs"]), reverse=True)
+        cfg["Cs"] = sorted(set(cfg.get("Cs", [])) | set(r["config"].get("Cs", [])))
     return by_method
 
 
@@ -205,8 +211,10 @@ def diagnose(entry: dict, group: list[dict], cfg: dict, averaged: bool = False) 
     return facts
 
 
-def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None) -> dict:
+def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None, allow_empty: bool = False) -> dict:
     """The record with only the runs whose lr (and, for Zero-Order, C) lie in the given grids; its config says so.
+
+    A grid that leaves no run is refused, unless ``allow_empty`` (the report's other files of the method may have some).
 
     Selecting the best (lr[, C]) from a smaller grid is how the authors' code grid (lr {0.5, 0.1, 0.05, 0.01}, C
     {0.01, 0.1, 0.5, 1.0}) is compared with the paper's (App. F: lr {1.0, 0.5, 0.1, 0.05, 0.01}) without new runs.
@@ -216,7 +224,7 @@ def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None)
         for r in record["runs"]
         if (lrs is None or r["lr"] in lrs) and (Cs is None or r["C"] is None or math.isnan(r["C"]) or r["C"] in Cs)
     ]
-    if not runs:
+    if not runs and not allow_empty:
         raise SystemExit(f"--only-lrs/--only-Cs: no run of {record['method']} is left in the grid {lrs} / {Cs}")
     cfg = {**record["config"], "lrs": sorted({r["lr"] for r in runs}, reverse=True)}
     if record["method"] == "zero_order":
@@ -225,7 +233,11 @@ def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None)
 
 
 def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[float] | None = None) -> int:
-    records = [restrict_grid(json.loads(Path(p).read_text()), lrs, Cs) for p in paths]
+    records = [restrict_grid(json.loads(Path(p).read_text()), lrs, Cs, allow_empty=True) for p in paths]
+    for method in {r["method"] for r in records}:  # a file may fall outside the grid, a whole method may not
+        if not any(r["runs"] for r in records if r["method"] == method):
+            raise SystemExit(f"--only-lrs/--only-Cs: no run of {method} is left in the grid {lrs} / {Cs}")
+    records = [r for r in records if r["runs"]]
     conventions = {(r["convention"], r["metric_kind"]) for r in records}
     if len(conventions) != 1:
         raise SystemExit(f"--report: the files mix conventions/metrics {sorted(conventions)}; report one at a time")

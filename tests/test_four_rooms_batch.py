@@ -342,3 +342,20 @@ def test_the_report_can_choose_from_the_authors_code_grid_without_new_runs():
     assert [r["lr"] for r in mod.restrict_grid(amd, [0.5], [0.1])["runs"]] == [0.5]
     with pytest.raises(SystemExit, match="--only-lrs/--only-Cs: no run of amd"):
         mod.restrict_grid(amd, [2.0], None)
+
+
+def test_files_of_one_method_merge_their_runs_and_their_grids():
+    """A Zero-Order file run later for one more C joins the main file: runs concatenated, CPU summed, and the
+    config's lr and C grids are the union (the header then names the grid the entry was chosen from)."""
+    mod = _table3_script()
+    main = {"method": "zero_order", "runs": [{"C": 0.1}], "cpu_seconds": 10.0,
+            "config": {"lrs": [0.5, 0.1], "Cs": [0.1, 0.5]}}  # fmt: skip
+    extra = {"method": "zero_order", "runs": [{"C": 0.01}], "cpu_seconds": 2.0,
+             "config": {"lrs": [0.5, 0.01], "Cs": [0.01]}}  # fmt: skip
+    amd = {"method": "amd", "runs": [{}], "cpu_seconds": 1.0, "config": {"lrs": [0.5]}}
+    merged = mod.merge_methods([main, extra, amd])
+    zo = merged["zero_order"]
+    assert zo["runs"] == [{"C": 0.1}, {"C": 0.01}] and zo["cpu_seconds"] == 12.0
+    assert zo["config"]["lrs"] == [0.5, 0.1, 0.01] and zo["config"]["Cs"] == [0.01, 0.1, 0.5]
+    assert main["config"]["Cs"] == [0.1, 0.5]  # the input record is not modified
+    assert merged["amd"]["config"]["lrs"] == [0.5]
