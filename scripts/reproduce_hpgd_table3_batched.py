@@ -404,8 +404,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", choices=["sampled", "average"], default="sampled")
     ap.add_argument("--cells", default="all", help="'all' or e.g. 0.001:1,0.005:3")
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[1.0, 0.5, 0.1, 0.05, 0.01])
-    ap.add_argument("--Cs", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0, 5.0])
+    ap.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.1, 0.05, 0.01],
+        help="learning rates (default: the authors' configs; App. F prints 1.0 0.5 0.1 0.05 0.01)",
+    )
+    ap.add_argument(
+        "--Cs",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.1, 0.5, 1.0],
+        help="Zero-Order's C (default: the authors' configs; App. F prints 0.1 0.5 1.0 2.0 5.0)",
+    )
     ap.add_argument("--iterations", type=int, default=10_000)
     ap.add_argument("--window", type=int, default=1_000)
     ap.add_argument("--num-envs", type=int, default=5)

@@ -336,8 +336,10 @@ class BatchConfig:
         method: ``hpgd``, ``amd`` or ``zero_order``.
         cells: ``(λ, β)`` pairs (Table 3: λ ∈ {0.001, 0.003, 0.005} × β ∈ {1, 3, 5}).
         seeds: seeds (the paper: 10).
-        lrs: learning rates (the paper's grid: 1, 0.5, 0.1, 0.05, 0.01).
-        Cs: Zero-Order's ``C`` of ``u_t = C / t`` (the paper's grid: 0.1, 0.5, 1, 2, 5); ignored otherwise.
+        lrs: learning rates; default the grid of the authors' released configs (0.5, 0.1, 0.05, 0.01), the one
+            Table 3's numbers match; App. F prints 1, 0.5, 0.1, 0.05, 0.01.
+        Cs: Zero-Order's ``C`` of ``u_t = C / t``; default the authors' configs' grid (0.01, 0.1, 0.5, 1); App. F
+            prints 0.1, 0.5, 1, 2, 5. Ignored outside Zero-Order.
         iterations: outer iterations (the paper: 10,000).
         window: the metric averages the last ``window`` iterations (the authors: 1,000).
         metric: ``sampled``, the value the authors' code logs: ``V̄^{π*}(S)`` at ``x_t`` for the iteration's sampled
@@ -361,8 +363,8 @@ class BatchConfig:
     method: Method
     cells: tuple[tuple[float, float], ...] = ((0.001, 1.0),)
     seeds: tuple[int, ...] = tuple(range(10))
-    lrs: tuple[float, ...] = (1.0, 0.5, 0.1, 0.05, 0.01)
-    Cs: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
+    lrs: tuple[float, ...] = (0.5, 0.1, 0.05, 0.01)
+    Cs: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
     iterations: int = 10_000
     window: int = 1_000
     metric: Literal["sampled", "average"] = "sampled"
