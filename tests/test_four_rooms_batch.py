@@ -247,6 +247,24 @@ def test_a_resumed_batch_continues_exactly(method, tmp_path):
         run_batch(problem, config(30), torch.Generator().manual_seed(1), checkpoint=ckpt)
 
 
+def test_leader_float32_keeps_the_logits_on_the_float32_grid(tmp_path):
+    """With ``leader_float32`` every stored iterate is a float32 number, so a step below float32 resolution is lost
+    as in the authors' JAX code; without it the iterates are not; the change is rounding, not another run."""
+    problem = BatchFourRooms(FourRooms(CODE), sim_slip_prob=1.0 / 3.0)
+    results, iterates = {}, {}
+    for f32 in (True, False):
+        config = BatchConfig(method="amd", cells=((0.003, 1.0),), seeds=(0, 1), lrs=(0.5,), iterations=30, window=5,
+                             leader_float32=f32)  # fmt: skip
+        ckpt = tmp_path / f"f32_{f32}.ckpt"
+        results[f32] = run_batch(problem, config, torch.Generator().manual_seed(1), checkpoint=ckpt,
+                                 checkpoint_every=20)  # fmt: skip
+        iterates[f32] = torch.load(ckpt, weights_only=False)["x"]  # x after 20 iterations
+    assert torch.equal(iterates[True], iterates[True].float().double())
+    assert not torch.equal(iterates[False], iterates[False].float().double())
+    assert results[True].metric != results[False].metric
+    assert max(abs(a - b) for a, b in zip(results[True].metric, results[False].metric, strict=True)) < 1e-4
+
+
 def _table3_script():
     import importlib.util
     from pathlib import Path

@@ -356,6 +356,8 @@ class BatchConfig:
             warm-started sweeps per step, so the tables lag a moving ``x``; its ``sampled`` metric is the lagged
             table's value, the one the authors log).
         amd_sweeps: ``K``, sweeps per outer step with ``amd_follower="sweeps"`` (the authors: 100).
+        leader_float32: round the leader's logits ``x`` to float32 after every step (the authors' JAX code keeps
+            them in float32, so a step below float32 resolution is lost); everything else stays float64.
         curve_every: keep each run's metric value every this many iterations.
         progress_every: print a progress line every this many iterations (0: never).
     """
@@ -376,6 +378,7 @@ class BatchConfig:
     tol: float = 1e-10
     amd_follower: Literal["exact", "sweeps"] = "exact"
     amd_sweeps: int = 100
+    leader_float32: bool = False
     curve_every: int = 100
     progress_every: int = 0
 
@@ -493,6 +496,8 @@ def run_batch(
                 curves[i].append(v)
         norm = g.norm(dim=1, keepdim=True)
         x = x + lr * torch.where(norm > c.clip_norm, g * (c.clip_norm / norm.clamp_min(1e-300)), g)
+        if c.leader_float32:
+            x = x.to(torch.float32).to(DTYPE)
         if checkpoint is not None and (t + 1) % checkpoint_every == 0 and t + 1 < c.iterations:
             tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
             torch.save(
