@@ -7,6 +7,7 @@
 set -eu
 root=${ROOT:-runs/table3_ablation}
 budget=(--iterations "${ITERATIONS:-1000}" --window "${WINDOW:-100}" --seeds "${SEEDS:-3}" --progress-every 0)
+grid=(--lrs 1.0 0.5 0.1 0.05 0.01 --Cs 0.1 0.5 1.0 2.0 5.0)  # App. F's printed grids, as the ablation was run
 py=${PYTHON:-python}
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python  # the project's venv (make install)
 run() {  # <variant dir> <methods> <overrides...>
@@ -16,7 +17,7 @@ run() {  # <variant dir> <methods> <overrides...>
   for m in $methods; do
     [ -e "$root/$dir/$m.json" ] && continue
     OMP_NUM_THREADS=1 "$py" scripts/reproduce_hpgd_table3_batched.py --method "$m" --out "$root/$dir/$m.json" \
-      "${budget[@]}" "$@"
+      "${budget[@]}" "${grid[@]}" "$@"
   done
 }
 all="amd hpgd zero_order"
