@@ -22,7 +22,9 @@ penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal 
 ``sampled`` (the authors' logged value, ``V̄`` of the iteration's sampled context) or ``average`` (both contexts).
 AMD's follower (``--amd-follower``): ``exact`` (solved and differentiated exactly every step) or ``sweeps``
 (Algorithm 9 as printed, ``--amd-sweeps`` warm-started sweeps per step, the authors' ``train_amd.py``).
-``--leader-float32`` keeps the leader's logits in float32, as the authors' JAX code does (everything else float64).
+``--hpgd-partial-episodes`` lets HPGD's statistics use each environment's unfinished last episode, as the
+authors' estimator does. ``--leader-float32`` keeps the leader's logits in float32, as the authors' JAX code does
+(everything else float64).
 Scores: each run's metric averaged over the last ``--window`` iterations; per cell and method the (lr[, C]) with the
 best mean over seeds; mean ± standard error with ``std(ddof=0)/√n`` (numpy's default, the authors' notebook).
 """
@@ -100,12 +102,15 @@ def run(args: argparse.Namespace) -> int:
         amd_follower=args.amd_follower,
         amd_sweeps=args.amd_sweeps,
         leader_float32=args.leader_float32,
+        hpgd_partial_episodes=args.hpgd_partial_episodes,
         progress_every=args.progress_every,
     )
     if args.method == "amd" and args.amd_follower == "sweeps":
         name += f"+amd-sweeps={args.amd_sweeps}"
     if args.leader_float32:
         name += "+leader-float32"
+    if args.hpgd_partial_episodes and args.method == "hpgd":
+        name += "+partial-episodes"
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -435,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amd-sweeps", type=int, default=100, help="AMD with --amd-follower sweeps: K per step")
     ap.add_argument(
         "--leader-float32", action="store_true", help="keep the leader's logits in float32 (the authors' JAX dtype)"
+    )
+    ap.add_argument(
+        "--hpgd-partial-episodes",
+        action="store_true",
+        help="HPGD: also use each environment's unfinished last episode (the authors' estimator)",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's random stream")
     ap.add_argument("--progress-every", type=int, default=100)

@@ -265,6 +265,32 @@ def test_leader_float32_keeps_the_logits_on_the_float32_grid(tmp_path):
     assert max(abs(a - b) for a, b in zip(results[True].metric, results[False].metric, strict=True)) < 1e-4
 
 
+def test_hpgd_partial_episodes_feed_the_unfinished_last_episode_to_the_estimator(monkeypatch):
+    """With ``hpgd_partial_episodes`` HPGD's statistics see every step, the unfinished last episode of each
+    environment included (the authors' estimator); by default those steps are left out; the normaliser (finished
+    episodes) is the same either way."""
+    import bilevel_rl.tabular.repro.four_rooms_batch as fb
+
+    problem = BatchFourRooms(FourRooms(CODE), sim_slip_prob=1.0 / 3.0)
+    seen = []
+
+    def spy(data, rbar, gamma, lam):
+        seen.append((data["complete"].clone(), int(data["done"].sum())))
+        return pooled_weights(data, rbar, gamma, lam)
+
+    monkeypatch.setattr(fb, "pooled_weights", spy)
+    results = {}
+    for partial in (False, True):
+        config = BatchConfig(method="hpgd", cells=((0.003, 1.0),), seeds=(0,), lrs=(0.5,), iterations=3, window=1,
+                             steps_per_env=150, hpgd_partial_episodes=partial)  # fmt: skip
+        results[partial] = run_batch(problem, config, torch.Generator().manual_seed(3))
+    default, partial = seen[:3], seen[3:]
+    assert all(not bool(c.all()) for c, _ in default)  # 150 steps end inside an episode somewhere
+    assert all(bool(c.all()) for c, _ in partial)
+    assert [d for _, d in default][0] == [d for _, d in partial][0]  # the same first batch of episodes
+    assert results[False].metric != results[True].metric  # the extra steps change the gradient
+
+
 def _table3_script():
     import importlib.util
     from pathlib import Path

@@ -356,6 +356,9 @@ class BatchConfig:
             warm-started sweeps per step, so the tables lag a moving ``x``; its ``sampled`` metric is the lagged
             table's value, the one the authors log).
         amd_sweeps: ``K``, sweeps per outer step with ``amd_follower="sweeps"`` (the authors: 100).
+        hpgd_partial_episodes: HPGD's statistics also use each environment's unfinished last episode (its
+            reward-to-go truncated at the batch's end), as the authors' ``train_stochastic_bilevel_opt.py`` does;
+            the normaliser stays the number of finished episodes. Default: finished episodes only.
         leader_float32: round the leader's logits ``x`` to float32 after every step (the authors' JAX code keeps
             them in float32, so a step below float32 resolution is lost); everything else stays float64.
         curve_every: keep each run's metric value every this many iterations.
@@ -378,6 +381,7 @@ class BatchConfig:
     tol: float = 1e-10
     amd_follower: Literal["exact", "sweeps"] = "exact"
     amd_sweeps: int = 100
+    hpgd_partial_episodes: bool = False
     leader_float32: bool = False
     curve_every: int = 100
     progress_every: int = 0
@@ -475,6 +479,8 @@ def run_batch(
                 value = problem.leader_values(x, ctx, beta, pi, lu)
                 if c.method == "hpgd":
                     data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
+                    if c.hpgd_partial_episodes:
+                        data["complete"] = torch.ones_like(data["complete"])
                     W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam)
                     xx = x.clone().requires_grad_(True)
                     total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
