@@ -51,6 +51,7 @@ from bilevel_rl.tabular.repro.four_rooms import TABLE3, TABLE3_CELLS, FourRooms,
 from bilevel_rl.tabular.repro.four_rooms_batch import BatchConfig, BatchFourRooms, run_batch  # noqa: E402
 
 LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
+HPGD_ONLY = "+partial-episodes"  # the convention suffix of --hpgd-partial-episodes (an HPGD-only option)
 CONVENTIONS = {
     # model slip, simulator slip, cost over (s, a), goal penalised
     "authors": (4.0 / 9.0, 1.0 / 3.0, False, False),
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.leader_float32:
         name += "+leader-float32"
     if args.hpgd_partial_episodes and args.method == "hpgd":
-        name += "+partial-episodes"
+        name += HPGD_ONLY
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +157,8 @@ def best_group(runs: list[dict], lam: float, beta: float) -> tuple[tuple[float, 
 def budget_line(label: str, cfg: dict) -> str:
     """One method's budget as a Markdown bullet."""
     hpgd = f", {cfg['num_envs']} × {cfg['steps_per_env']:,} simulator steps per gradient"
+    if cfg.get("hpgd_partial_episodes"):
+        hpgd += ", statistics over finished and unfinished episodes (the authors' estimator)"
     extra = {"Zero-Order": f", C {cfg['Cs']}", "HPGD": hpgd}
     return (
         f"- {label}: {cfg['iterations']:,} outer iterations, {len(cfg['seeds'])} seeds, learning rates {cfg['lrs']}"
@@ -247,7 +250,8 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
         if not any(r["runs"] for r in records if r["method"] == method):
             raise SystemExit(f"--only-lrs/--only-Cs: no run of {method} is left in the grid {lrs} / {Cs}")
     records = [r for r in records if r["runs"]]
-    conventions = {(r["convention"], r["metric_kind"]) for r in records}
+    # HPGD's estimator option changes no other method's runs: it does not split the convention
+    conventions = {(r["convention"].replace(HPGD_ONLY, ""), r["metric_kind"]) for r in records}
     if len(conventions) != 1:
         raise SystemExit(f"--report: the files mix conventions/metrics {sorted(conventions)}; report one at a time")
     convention, metric_kind = conventions.pop()

@@ -209,6 +209,23 @@ def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
     assert isinstance(entry["within_2se"], bool) and f"**{hits} of 2**" in md.read_text()
 
 
+def test_the_report_takes_hpgd_partial_episodes_with_other_methods_but_refuses_another_convention(tmp_path):
+    """HPGD's ``--hpgd-partial-episodes`` changes no other method's runs, so its file reports with AMD's (and the
+    HPGD line names the estimator); files of another convention (here the Σ_{s,a} cost) are refused in one line."""
+    mod = _table3_script()
+    common = ["--cells", "0.005:1", "--seeds", "1", "--lrs", "0.5", "--iterations", "4", "--window", "2",
+              "--steps-per-env", "100", "--progress-every", "0"]  # fmt: skip
+    hpgd, amd, other = tmp_path / "hpgd.json", tmp_path / "amd.json", tmp_path / "amd_cost.json"
+    assert mod.main(["--method", "hpgd", "--hpgd-partial-episodes", "--out", str(hpgd), *common]) == 0
+    assert mod.main(["--method", "amd", "--out", str(amd), *common]) == 0
+    assert mod.main(["--method", "amd", "--cost", "state-action", "--out", str(other), *common]) == 0
+    md = tmp_path / "t3.md"
+    assert mod.main(["--report", str(hpgd), str(amd), "--md", str(md)]) == 0
+    assert "finished and unfinished episodes (the authors' estimator)" in md.read_text()
+    with pytest.raises(SystemExit, match="mix conventions"):
+        mod.main(["--report", str(hpgd), str(other), "--md", str(tmp_path / "bad.md")])
+
+
 def test_the_authors_metric_is_the_sampled_context_except_for_amd():
     """``metric=sampled`` logs the sampled context's value (Zero-Order differs from the context average) but the
     context average for AMD (identical to ``metric=average``: the metric draws no random numbers)."""
