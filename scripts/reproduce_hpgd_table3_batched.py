@@ -48,7 +48,13 @@ import torch  # noqa: E402
 
 from bilevel_rl.reporting import write_keeping_analysis  # noqa: E402
 from bilevel_rl.tabular.repro.four_rooms import TABLE3, TABLE3_CELLS, FourRooms, FourRoomsConfig  # noqa: E402
-from bilevel_rl.tabular.repro.four_rooms_batch import BatchConfig, BatchFourRooms, run_batch  # noqa: E402
+from bilevel_rl.tabular.repro.four_rooms_batch import (  # noqa: E402
+    AUTHORS_CS,
+    AUTHORS_LRS,
+    BatchConfig,
+    BatchFourRooms,
+    run_batch,
+)
 
 LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
 HPGD_ONLY = "+partial-episodes"  # the convention suffix of --hpgd-partial-episodes (an HPGD-only option)
@@ -417,20 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", choices=["sampled", "average"], default="sampled")
     ap.add_argument("--cells", default="all", help="'all' or e.g. 0.001:1,0.005:3")
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument(
-        "--lrs",
-        type=float,
-        nargs="+",
-        default=[0.5, 0.1, 0.05, 0.01],
-        help="learning rates (default: the authors' configs; App. F prints 1.0 0.5 0.1 0.05 0.01)",
-    )
-    ap.add_argument(
-        "--Cs",
-        type=float,
-        nargs="+",
-        default=[0.01, 0.1, 0.5, 1.0],
-        help="Zero-Order's C (default: the authors' configs; App. F prints 0.1 0.5 1.0 2.0 5.0)",
-    )
+    grid = "(default: the authors' configs; App. F prints {})"
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(AUTHORS_LRS), help=grid.format("1 0.5 0.1 0.05 0.01"))
+    ap.add_argument("--Cs", type=float, nargs="+", default=list(AUTHORS_CS), help=grid.format("0.1 0.5 1 2 5"))
     ap.add_argument("--iterations", type=int, default=10_000)
     ap.add_argument("--window", type=int, default=1_000)
     ap.add_argument("--num-envs", type=int, default=5)

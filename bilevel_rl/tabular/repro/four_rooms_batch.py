@@ -328,6 +328,10 @@ def _episode_completes(done: np.ndarray, complete: np.ndarray) -> None:  # pragm
             complete[k, n] = later
 
 
+AUTHORS_LRS = (0.5, 0.1, 0.05, 0.01)  # the learning rates of the authors' released Table 3 configs
+AUTHORS_CS = (0.01, 0.1, 0.5, 1.0)  # and Zero-Order's C; App. F prints (1, .5, .1, .05, .01) and (.1, .5, 1, 2, 5)
+
+
 @dataclass
 class BatchConfig:
     """Every (cell, seed, learning rate[, C]) run of one method in one batch (Table 3: the cells are (λ, β)).
@@ -368,8 +372,8 @@ class BatchConfig:
     method: Method
     cells: tuple[tuple[float, float], ...] = ((0.001, 1.0),)
     seeds: tuple[int, ...] = tuple(range(10))
-    lrs: tuple[float, ...] = (0.5, 0.1, 0.05, 0.01)
-    Cs: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
+    lrs: tuple[float, ...] = AUTHORS_LRS
+    Cs: tuple[float, ...] = AUTHORS_CS
     iterations: int = 10_000
     window: int = 1_000
     metric: Literal["sampled", "average"] = "sampled"
