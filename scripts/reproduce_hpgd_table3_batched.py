@@ -256,8 +256,12 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
         if not any(r["runs"] for r in records if r["method"] == method):
             raise SystemExit(f"--only-lrs/--only-Cs: no run of {method} is left in the grid {lrs} / {Cs}")
     records = [r for r in records if r["runs"]]
-    # HPGD's estimator option changes no other method's runs: it does not split the convention
+    # HPGD's estimator option changes no other method's runs: it does not split the convention across methods,
+    # but the files of one method must agree on everything
     conventions = {(r["convention"].replace(HPGD_ONLY, ""), r["metric_kind"]) for r in records}
+    for method in {r["method"] for r in records}:
+        if len({r["convention"] for r in records if r["method"] == method}) > 1:
+            raise SystemExit(f"--report: the {method} files mix conventions; report one at a time")
     if len(conventions) != 1:
         raise SystemExit(f"--report: the files mix conventions/metrics {sorted(conventions)}; report one at a time")
     convention, metric_kind = conventions.pop()

@@ -211,7 +211,8 @@ def test_table3_script_runs_a_method_and_reports_against_the_paper(tmp_path):
 
 def test_the_report_takes_hpgd_partial_episodes_with_other_methods_but_refuses_another_convention(tmp_path):
     """HPGD's ``--hpgd-partial-episodes`` changes no other method's runs, so its file reports with AMD's (and the
-    HPGD line names the estimator); files of another convention (here the Σ_{s,a} cost) are refused in one line."""
+    HPGD line names the estimator); files of another convention (here the Σ_{s,a} cost), or HPGD files of both
+    estimators, are refused in one line."""
     mod = _table3_script()
     common = ["--cells", "0.005:1", "--seeds", "1", "--lrs", "0.5", "--iterations", "4", "--window", "2",
               "--steps-per-env", "100", "--progress-every", "0"]  # fmt: skip
@@ -224,6 +225,10 @@ def test_the_report_takes_hpgd_partial_episodes_with_other_methods_but_refuses_a
     assert "finished and unfinished episodes (the authors' estimator)" in md.read_text()
     with pytest.raises(SystemExit, match="mix conventions"):
         mod.main(["--report", str(hpgd), str(other), "--md", str(tmp_path / "bad.md")])
+    finished = tmp_path / "hpgd_finished.json"
+    assert mod.main(["--method", "hpgd", "--out", str(finished), *common]) == 0
+    with pytest.raises(SystemExit, match="the hpgd files mix conventions"):
+        mod.main(["--report", str(hpgd), str(finished), str(amd), "--md", str(tmp_path / "bad2.md")])
 
 
 def test_the_authors_metric_is_the_sampled_context_except_for_amd():
