@@ -22,9 +22,10 @@ penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal 
 ``sampled`` (the authors' logged value, ``V̄`` of the iteration's sampled context) or ``average`` (both contexts).
 AMD's follower (``--amd-follower``): ``exact`` (solved and differentiated exactly every step) or ``sweeps``
 (Algorithm 9 as printed, ``--amd-sweeps`` warm-started sweeps per step, the authors' ``train_amd.py``).
-``--hpgd-partial-episodes`` lets HPGD's statistics use each environment's unfinished last episode, as the
-authors' estimator does. ``--leader-float32`` keeps the leader's logits in float32, as the authors' JAX code does
-(everything else float64).
+``--hpgd-partial-episodes`` lets HPGD's statistics use each environment's unfinished last episode, and
+``--hpgd-direct start-state`` estimates the direct ``∇r̄`` term by the every-visit average of its reward-to-go at the
+start state, as the authors' estimator does (both together: their estimator). ``--leader-float32`` keeps the
+leader's logits in float32, as the authors' JAX code does (everything else float64).
 Scores: each run's metric averaged over the last ``--window`` iterations; per cell and method the (lr[, C]) with the
 best mean over seeds; mean ± standard error with ``std(ddof=0)/√n`` (numpy's default, the authors' notebook).
 """
@@ -57,7 +58,17 @@ from bilevel_rl.tabular.repro.four_rooms_batch import (  # noqa: E402
 )
 
 LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
-HPGD_ONLY = "+partial-episodes"  # the convention suffix of --hpgd-partial-episodes (an HPGD-only option)
+# convention suffixes of the HPGD-only estimator options (--hpgd-partial-episodes, --hpgd-direct start-state)
+HPGD_ONLY = ("+partial-episodes", "+direct=start-state")
+
+
+def without_hpgd_only(convention: str) -> str:
+    """The convention without its HPGD-only suffixes (they change no other method's runs)."""
+    for suffix in HPGD_ONLY:
+        convention = convention.replace(suffix, "")
+    return convention
+
+
 CONVENTIONS = {
     # model slip, simulator slip, cost over (s, a), goal penalised
     "authors": (4.0 / 9.0, 1.0 / 3.0, False, False),
@@ -110,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         amd_sweeps=args.amd_sweeps,
         leader_float32=args.leader_float32,
         hpgd_partial_episodes=args.hpgd_partial_episodes,
+        hpgd_direct=args.hpgd_direct.replace("-", "_"),
         progress_every=args.progress_every,
     )
     if args.method == "amd" and args.amd_follower == "sweeps":
@@ -117,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if args.leader_float32:
         name += "+leader-float32"
     if args.hpgd_partial_episodes and args.method == "hpgd":
-        name += HPGD_ONLY
+        name += HPGD_ONLY[0]
+    if args.hpgd_direct == "start-state" and args.method == "hpgd":
+        name += HPGD_ONLY[1]
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +178,11 @@ def budget_line(label: str, cfg: dict) -> str:
     """One method's budget as a Markdown bullet."""
     hpgd = f", {cfg['num_envs']} × {cfg['steps_per_env']:,} simulator steps per gradient"
     if cfg.get("hpgd_partial_episodes"):
-        hpgd += ", statistics over finished and unfinished episodes (the authors' estimator)"
+        hpgd += ", statistics over finished and unfinished episodes"
+    if cfg.get("hpgd_direct") == "start_state":
+        hpgd += ", the direct term averaged over every visit of the start state"
+    if cfg.get("hpgd_partial_episodes") and cfg.get("hpgd_direct") == "start_state":
+        hpgd += " (the authors' estimator)"
     extra = {"Zero-Order": f", C {cfg['Cs']}", "HPGD": hpgd}
     return (
         f"- {label}: {cfg['iterations']:,} outer iterations, {len(cfg['seeds'])} seeds, learning rates {cfg['lrs']}"
@@ -258,7 +276,7 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
     records = [r for r in records if r["runs"]]
     # HPGD's estimator option changes no other method's runs: it does not split the convention across methods,
     # but the files of one method must agree on everything
-    conventions = {(r["convention"].replace(HPGD_ONLY, ""), r["metric_kind"]) for r in records}
+    conventions = {(without_hpgd_only(r["convention"]), r["metric_kind"]) for r in records}
     for method in {r["method"] for r in records}:
         if len({r["convention"] for r in records if r["method"] == method}) > 1:
             raise SystemExit(f"--report: the {method} files mix conventions; report one at a time")
@@ -448,6 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         "--hpgd-partial-episodes",
         action="store_true",
         help="HPGD: also use each environment's unfinished last episode (the authors' estimator)",
+    )
+    ap.add_argument(
+        "--hpgd-direct",
+        choices=["episodes", "start-state"],
+        default="episodes",
+        help="HPGD: the direct term's estimator: per-episode sums over finished episodes, or the every-visit "
+        "average of the reward-to-go at the start state (the authors' estimator)",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's random stream")
     ap.add_argument("--progress-every", type=int, default=100)

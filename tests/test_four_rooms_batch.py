@@ -217,18 +217,20 @@ def test_the_report_takes_hpgd_partial_episodes_with_other_methods_but_refuses_a
     common = ["--cells", "0.005:1", "--seeds", "1", "--lrs", "0.5", "--iterations", "4", "--window", "2",
               "--steps-per-env", "100", "--progress-every", "0"]  # fmt: skip
     hpgd, amd, other = tmp_path / "hpgd.json", tmp_path / "amd.json", tmp_path / "amd_cost.json"
-    assert mod.main(["--method", "hpgd", "--hpgd-partial-episodes", "--out", str(hpgd), *common]) == 0
+    authors = ["--hpgd-partial-episodes", "--hpgd-direct", "start-state"]
+    assert mod.main(["--method", "hpgd", *authors, "--out", str(hpgd), *common]) == 0
     assert mod.main(["--method", "amd", "--out", str(amd), *common]) == 0
     assert mod.main(["--method", "amd", "--cost", "state-action", "--out", str(other), *common]) == 0
     md = tmp_path / "t3.md"
     assert mod.main(["--report", str(hpgd), str(amd), "--md", str(md)]) == 0
-    assert "finished and unfinished episodes (the authors' estimator)" in md.read_text()
+    assert "the start state (the authors' estimator)" in md.read_text()
     with pytest.raises(SystemExit, match="mix conventions"):
         mod.main(["--report", str(hpgd), str(other), "--md", str(tmp_path / "bad.md")])
-    finished = tmp_path / "hpgd_finished.json"
-    assert mod.main(["--method", "hpgd", "--out", str(finished), *common]) == 0
-    with pytest.raises(SystemExit, match="the hpgd files mix conventions"):
-        mod.main(["--report", str(hpgd), str(finished), str(amd), "--md", str(tmp_path / "bad2.md")])
+    for i, options in enumerate(([], ["--hpgd-partial-episodes"])):  # the other estimators
+        finished = tmp_path / f"hpgd_{i}.json"
+        assert mod.main(["--method", "hpgd", *options, "--out", str(finished), *common]) == 0
+        with pytest.raises(SystemExit, match="the hpgd files mix conventions"):
+            mod.main(["--report", str(hpgd), str(finished), str(amd), "--md", str(tmp_path / "bad2.md")])
 
 
 def test_the_authors_metric_is_the_sampled_context_except_for_amd():
@@ -296,9 +298,9 @@ def test_hpgd_partial_episodes_feed_the_unfinished_last_episode_to_the_estimator
     problem = BatchFourRooms(FourRooms(CODE), sim_slip_prob=1.0 / 3.0)
     seen = []
 
-    def spy(data, rbar, gamma, lam):
+    def spy(data, rbar, gamma, lam, direct):
         seen.append((data["complete"].clone(), int(data["done"].sum())))
-        return pooled_weights(data, rbar, gamma, lam)
+        return pooled_weights(data, rbar, gamma, lam, direct)
 
     monkeypatch.setattr(fb, "pooled_weights", spy)
     results = {}

@@ -22,6 +22,8 @@ Scope: the leader controls the follower's reward only (Four-Rooms), so ``∇_x l
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numba
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ import torch
 from bilevel_rl.tabular.checks.hpgd import GradientWeights
 from bilevel_rl.tabular.core.sampling import CategoricalTable, EnvBatch, Simulator
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP
+
+DirectTerm = Literal["episodes", "start_state"]
 
 
 def run_envs(
@@ -144,6 +148,7 @@ def pooled_estimator(
     max_episode_steps: int,
     generator: torch.Generator,
     terminal: torch.Tensor | None = None,
+    direct: DirectTerm = "episodes",
 ) -> GradientWeights:
     """Prop. 1 (Eq. 8) with tabular every-visit Monte-Carlo estimates pooled over one on-policy batch.
 
@@ -169,17 +174,34 @@ def pooled_estimator(
         max_episode_steps: episode cap (treated as done).
         generator: the random stream.
         terminal: optional ``(S,)`` terminal mask.
+        direct: the estimator of the direct ``∇_x r̄`` term (:func:`pooled_weights`).
     """
     data = run_envs(mdp, pi, num_envs, steps_per_env, max_episode_steps, generator, terminal)
     data["run"] = torch.zeros(num_envs, dtype=torch.long)
-    W_r, W_rbar = pooled_weights(data, rbar[None], mdp.gamma, mdp.tau)
+    W_r, W_rbar = pooled_weights(data, rbar[None], mdp.gamma, mdp.tau, direct)
     return GradientWeights(W_r[0], W_rbar[0], num_envs * steps_per_env)
 
 
 def pooled_weights(
-    data: dict[str, torch.Tensor], rbar: torch.Tensor, gamma: float, lam: float | torch.Tensor
+    data: dict[str, torch.Tensor],
+    rbar: torch.Tensor,
+    gamma: float,
+    lam: float | torch.Tensor,
+    direct: DirectTerm = "episodes",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights ``(W_r, W_r̄)`` of :func:`pooled_estimator` for several independent runs at once.
+
+    The direct term ``E[Σ_t γ^t ∇_x r̄(s_t, a_t)] = ∂_x V̄(S)|_π`` of Eq. 8 has two estimators (``direct``):
+
+    * ``episodes``: ``(1/N_ep) Σ_steps γ^{τ_t} ∇_x r̄(s_t, a_t)``, the per-episode sum averaged over episodes;
+    * ``start_state``: the every-visit Monte-Carlo estimate of ``∂_x V̄`` at the start state: the discounted
+      reward-to-go of ``∇_x r̄`` averaged over *every* visit of that state (mid-episode returns included), states
+      weighted by how often episodes start there. This is what the authors' ``train_stochastic_bilevel_opt.py``
+      computes (``UL_value_grad``, a per-state average, read at the episodes' first steps); with ``complete`` all
+      true (every step counted) an unfinished last episode's truncated return enters that average and its start
+      the count, which the ``episodes`` form (normalised by finished episodes) does not do.
+
+    The response term is the same in both (normalised by the finished episodes, as the authors' code does).
 
     Args:
         data: ``(T, N)`` tensors ``s``, ``a``, ``tau``, ``done``, ``complete`` of :func:`run_envs`, plus ``run (N,)``:
@@ -187,13 +209,17 @@ def pooled_weights(
         rbar: ``(R, S, A)`` each run's leader reward (``R`` runs).
         gamma: discount.
         lam: follower temperature (a float, or one per run).
+        direct: the direct term's estimator (above).
 
     Returns:
-        ``(R, S, A)`` weights ``W_r`` and ``W_r̄``, divided by each run's number of finished episodes (zero
-        for a run without one).
+        ``(R, S, A)`` weights ``W_r`` and ``W_r̄``: ``W_r`` divided by each run's number of finished episodes (zero
+        for a run without one), ``W_r̄`` as ``direct`` says.
     """
+    if direct not in ("episodes", "start_state"):
+        raise ValueError(f"direct: expected episodes or start_state, got {direct!r}")
     R, S, A = rbar.shape
-    steps = {k: data[k].numpy() for k in ("s", "a", "tau", "complete")}
+    # the kernels walk one environment's column at a time: (N, T) arrays (free for BatchFourRooms.rollouts' views)
+    steps = {k: np.ascontiguousarray(data[k].numpy().T) for k in ("s", "a", "tau", "complete")}
     run = data["run"].numpy()
     n_sa, q_sum, W_rbar = (np.zeros((R, S, A)) for _ in range(3))
     _visit_tables(steps["s"], steps["a"], steps["tau"], steps["complete"], run, rbar.detach().to(DTYPE).numpy(),
@@ -210,7 +236,21 @@ def pooled_weights(
     n_ep = np.zeros(R)
     np.add.at(n_ep, run, data["done"].numpy().sum(0))
     scale = np.where(n_ep > 0, 1.0 / np.maximum(n_ep, 1.0), 0.0)[:, None, None]
-    return torch.from_numpy(W_r * scale), torch.from_numpy(W_rbar * scale)
+    if direct == "episodes":
+        return torch.from_numpy(W_r * scale), torch.from_numpy(W_rbar * scale)
+    # start_state: visit v of state s weighs w(s) / n(s) (w: share of the counted episode starts at s); the weight of
+    # ∇r̄(s_k, a_k) is Σ over the earlier visits t of its episode of γ^{k−t} · weight(t), a forward pass
+    first = (steps["tau"] == 0) & steps["complete"]
+    cols, _ = np.nonzero(first)
+    starts = np.zeros((R, S))
+    np.add.at(starts, (run[cols], steps["s"][first]), 1.0)
+    share = starts / np.maximum(starts.sum(-1, keepdims=True), 1.0)
+    per_visit = np.where(n_s > 0, share / np.maximum(n_s, 1.0), 0.0)
+    W_direct = np.zeros((R, S, A))
+    _response_table(steps["s"], steps["a"], steps["tau"], steps["complete"], run,
+                    np.ascontiguousarray(np.broadcast_to(per_visit[..., None], (R, S, A))), np.zeros((R, S)), gamma,
+                    W_direct)  # fmt: skip
+    return torch.from_numpy(W_r * scale), torch.from_numpy(W_direct)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -231,18 +271,18 @@ def _visit_tables(
     ``Ḡ_t = Σ_{k ≥ t, same episode} γ^{k-t} r̄(s_k, a_k)`` by a backward pass per column (an episode ends where the
     next step has ``τ = 0`` or the column ends).
     """
-    T, N = s.shape
+    N, T = s.shape
     for n in range(N):
         r = run[n]
         g = 0.0
         for t in range(T - 1, -1, -1):
-            if t == T - 1 or tau[t + 1, n] == 0:
+            if t == T - 1 or tau[n, t + 1] == 0:
                 g = 0.0
-            g = rbar[r, s[t, n], a[t, n]] + gamma * g
-            if complete[t, n]:
-                n_sa[r, s[t, n], a[t, n]] += 1.0
-                q_sum[r, s[t, n], a[t, n]] += g
-                c_sa[r, s[t, n], a[t, n]] += gamma ** tau[t, n]
+            g = rbar[r, s[n, t], a[n, t]] + gamma * g
+            if complete[n, t]:
+                n_sa[r, s[n, t], a[n, t]] += 1.0
+                q_sum[r, s[n, t], a[n, t]] += g
+                c_sa[r, s[n, t], a[n, t]] += gamma ** tau[n, t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -261,15 +301,15 @@ def _response_table(
 
     ``ω_k = per_sa(s_k, a_k) − per_s(s_k)`` on the completed episodes' steps, zero elsewhere.
     """
-    T, N = s.shape
+    N, T = s.shape
     for n in range(N):
         r = run[n]
         acc = 0.0
         for t in range(T):
-            if tau[t, n] == 0:
+            if tau[n, t] == 0:
                 acc = 0.0
-            if complete[t, n]:
-                acc = per_sa[r, s[t, n], a[t, n]] - per_s[r, s[t, n]] + gamma * acc
-                W_r[r, s[t, n], a[t, n]] += acc
+            if complete[n, t]:
+                acc = per_sa[r, s[n, t], a[n, t]] - per_s[r, s[n, t]] + gamma * acc
+                W_r[r, s[n, t], a[n, t]] += acc
             else:
                 acc = gamma * acc

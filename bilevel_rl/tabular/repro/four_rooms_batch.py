@@ -31,7 +31,7 @@ import numba
 import numpy as np
 import torch
 
-from bilevel_rl.tabular.checks.hpgd_trajectory import pooled_weights
+from bilevel_rl.tabular.checks.hpgd_trajectory import DirectTerm, pooled_weights
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.amd_sweeps import SweptAMD
@@ -220,19 +220,21 @@ class BatchFourRooms:
         run, cdf, policy_row, sim_row = self._columns(pi, ctx, num_envs)
         N = len(run)
         policy = (cdf.numpy(), policy_row.numpy(), sim_row.numpy())
-        S_out = np.empty((steps_per_env, N), dtype=np.int64)
+        # column-major storage ((N, T) arrays, returned as (T, N) views): every pass over the steps walks one
+        # environment's column, so its reads and writes are contiguous; int32 halves the traffic of int64
+        S_out = np.empty((N, steps_per_env), dtype=np.int32)
         A_out, T_out = np.empty_like(S_out), np.empty_like(S_out)
-        D_out = np.empty((steps_per_env, N), dtype=np.bool_)
+        D_out = np.empty((N, steps_per_env), dtype=np.bool_)
         s = np.full(N, self.env.start, dtype=np.int64)
         t = np.zeros(N, dtype=np.int64)
         sim = (self.sim_next.numpy(), self.sim_cdf.numpy(), self.terminal.numpy())
         for k0 in range(0, steps_per_env, ROLLOUT_CHUNK):
             u = torch.rand(min(ROLLOUT_CHUNK, steps_per_env - k0), 2, N, generator=generator, dtype=DTYPE).numpy()
-            _rollout_chunk(u, k0, s, t, *policy, *sim, self.env.start, max_episode_steps,
-                           S_out, A_out, T_out, D_out)  # fmt: skip
+            _rollout_chunk(np.ascontiguousarray(u.transpose(2, 1, 0)), k0, s, t, *policy, *sim, self.env.start,
+                           max_episode_steps, S_out, A_out, T_out, D_out)  # fmt: skip
         complete = np.empty_like(D_out)
         _episode_completes(D_out, complete)
-        S_t, A_t, T_t, D_t, C_t = (torch.from_numpy(a) for a in (S_out, A_out, T_out, D_out, complete))
+        S_t, A_t, T_t, D_t, C_t = (torch.from_numpy(a).T for a in (S_out, A_out, T_out, D_out, complete))
         return {"s": S_t, "a": A_t, "tau": T_t, "done": D_t, "complete": C_t, "run": run}
 
     def rollouts_stepwise(
@@ -251,7 +253,7 @@ class BatchFourRooms:
         run, policy_cdf, policy_row, sim_row = self._columns(pi, ctx, num_envs)
         N, start = len(run), self.env.start
         s, t = torch.full((N,), start, dtype=torch.long), torch.zeros(N, dtype=torch.long)
-        out = {k: torch.empty(steps_per_env, N, dtype=torch.long) for k in ("s", "a", "tau")}
+        out = {k: torch.empty(steps_per_env, N, dtype=torch.int32) for k in ("s", "a", "tau")}
         out["done"] = torch.empty(steps_per_env, N, dtype=torch.bool)
         last_a, last_k = self.A - 1, self.sim_cdf.shape[1] - 1
         for k in range(steps_per_env):
@@ -267,6 +269,7 @@ class BatchFourRooms:
 
 
 ROLLOUT_CHUNK = 256  # steps of uniforms drawn at a time (2 × N doubles per step)
+ROLLOUT_INTERLEAVE = 8  # environment columns the kernel advances in lockstep
 
 
 @numba.njit(cache=True, nogil=True)
@@ -288,44 +291,45 @@ def _rollout_chunk(
     T_out: np.ndarray,
     D_out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled; tested through BatchFourRooms.rollouts
-    """Steps ``k0 … k0 + len(u) − 1`` of every environment column (state ``s``, episode step ``t``, updated in place).
+    """Steps ``k0 … k0 + u.shape[2] − 1`` of every environment column (state ``s``, episode step ``t``, in place).
 
-    Column ``n`` at step ``k`` draws its action by ``#{j : u[k, 0, n] ≥ cdf_π(s)[j]}`` and its successor by
-    ``#{j : u[k, 1, n] ≥ cdf_P(s, a)[j]}`` (both capped at the last outcome), the draws of ``torch.rand(2, N)`` per
-    step in the order a step-by-step torch loop would make them.
+    ``u: (N, 2, chunk)`` and the outputs ``(N, T)`` are column-major. Column ``n`` at step ``k`` draws its action by
+    ``#{j : u[n, 0, k] ≥ cdf_π(s)[j]}`` and its successor by ``#{j : u[n, 1, k] ≥ cdf_P(s, a)[j]}`` (both capped at
+    the last outcome), the draws of ``torch.rand(2, N)`` per step in the order a step-by-step torch loop makes them.
     """
     num_actions, num_next = policy_cdf.shape[1], sim_cdf.shape[1]
-    for n in range(u.shape[2]):
-        sn, tn = s[n], t[n]
-        for i in range(u.shape[0]):
-            a = 0
-            for j in range(num_actions):
-                a += u[i, 0, n] >= policy_cdf[policy_row[n] + sn, j]
-            a = min(a, num_actions - 1)
-            row = (sim_row[n] + sn) * num_actions + a
-            m = 0
-            for j in range(num_next):
-                m += u[i, 1, n] >= sim_cdf[row, j]
-            s2 = sim_next[row, min(m, num_next - 1)]
-            done = tn >= max_episode_steps - 1 or terminal[s2]
+    N = u.shape[0]
+    for n0 in range(0, N, ROLLOUT_INTERLEAVE):  # a few columns in lockstep: independent chains overlap in the CPU
+        for i in range(u.shape[2]):
             k = k0 + i
-            S_out[k, n], A_out[k, n], T_out[k, n], D_out[k, n] = sn, a, tn, done
-            if done:
-                sn, tn = start, 0
-            else:
-                sn, tn = s2, tn + 1
-        s[n], t[n] = sn, tn
+            for n in range(n0, min(n0 + ROLLOUT_INTERLEAVE, N)):
+                sn, tn = s[n], t[n]
+                a = 0
+                for j in range(num_actions):
+                    a += u[n, 0, i] >= policy_cdf[policy_row[n] + sn, j]
+                a = min(a, num_actions - 1)
+                row = (sim_row[n] + sn) * num_actions + a
+                m = 0
+                for j in range(num_next):
+                    m += u[n, 1, i] >= sim_cdf[row, j]
+                s2 = sim_next[row, min(m, num_next - 1)]
+                done = tn >= max_episode_steps - 1 or terminal[s2]
+                S_out[n, k], A_out[n, k], T_out[n, k], D_out[n, k] = sn, a, tn, done
+                if done:
+                    s[n], t[n] = start, 0
+                else:
+                    s[n], t[n] = s2, tn + 1
 
 
 @numba.njit(cache=True, nogil=True)
 def _episode_completes(done: np.ndarray, complete: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``complete[k, n]``: some step ``k' ≥ k`` of column ``n`` ends an episode (the step's episode finished)."""
-    T, N = done.shape
+    """``complete[n, k]``: some step ``k' ≥ k`` of column ``n`` ends an episode (the step's episode finished)."""
+    N, T = done.shape
     for n in range(N):
         later = False
         for k in range(T - 1, -1, -1):
-            later = later or done[k, n]
-            complete[k, n] = later
+            later = later or done[n, k]
+            complete[n, k] = later
 
 
 AUTHORS_LRS = (0.5, 0.1, 0.05, 0.01)  # the learning rates of the authors' released Table 3 configs
@@ -363,6 +367,10 @@ class BatchConfig:
         hpgd_partial_episodes: HPGD's statistics also use each environment's unfinished last episode (its
             reward-to-go truncated at the batch's end), as the authors' ``train_stochastic_bilevel_opt.py`` does;
             the normaliser stays the number of finished episodes. Default: finished episodes only.
+        hpgd_direct: HPGD's estimator of the direct ``∇_x r̄`` term of Eq. 8
+            (:func:`~bilevel_rl.tabular.checks.hpgd_trajectory.pooled_weights`): ``episodes`` (per-episode sums
+            averaged over finished episodes; default) or ``start_state`` (every-visit average of the reward-to-go at
+            the start state, the authors' ``UL_value_grad``).
         leader_float32: round the leader's logits ``x`` to float32 after every step (the authors' JAX code keeps
             them in float32, so a step below float32 resolution is lost); everything else stays float64.
         curve_every: keep each run's metric value every this many iterations.
@@ -386,6 +394,7 @@ class BatchConfig:
     amd_follower: Literal["exact", "sweeps"] = "exact"
     amd_sweeps: int = 100
     hpgd_partial_episodes: bool = False
+    hpgd_direct: DirectTerm = "episodes"
     leader_float32: bool = False
     curve_every: int = 100
     progress_every: int = 0
@@ -397,6 +406,8 @@ class BatchConfig:
             raise ValueError(f"window: must be in [1, iterations={self.iterations}], got {self.window}")
         if self.amd_follower not in ("exact", "sweeps"):
             raise ValueError(f"amd_follower: expected exact or sweeps, got {self.amd_follower!r}")
+        if self.hpgd_direct not in ("episodes", "start_state"):
+            raise ValueError(f"hpgd_direct: expected episodes or start_state, got {self.hpgd_direct!r}")
         if self.amd_sweeps < 1:
             raise ValueError(f"amd_sweeps: must be >= 1, got {self.amd_sweeps}")
 
@@ -485,7 +496,8 @@ def run_batch(
                     data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
                     if c.hpgd_partial_episodes:
                         data["complete"] = torch.ones_like(data["complete"])
-                    W_r, W_rbar = pooled_weights(data, problem.leader_reward(x, ctx, beta), problem.gamma, lam)
+                    rbar = problem.leader_reward(x, ctx, beta)
+                    W_r, W_rbar = pooled_weights(data, rbar, problem.gamma, lam, c.hpgd_direct)
                     xx = x.clone().requires_grad_(True)
                     total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
                     total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
