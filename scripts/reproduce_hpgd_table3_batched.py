@@ -15,9 +15,11 @@ same command is run again. On a cluster, one job per method and cell
 (``--cells 0.001:1 --out runs/table3/hpgd_0.001_1.json``, ...): the report merges the files of a method.
 
 Conventions (``--convention``): ``authors`` (default) is what the authors' code computes behind the table: the oracle
-and the metric use their dynamic-programming model (chosen direction with probability 5/9, each other 4/27), HPGD's
-trajectories come from their simulator (2/3, 1/9 each), the cost is charged per state and the active goal carries no
-penalty. ``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal penalised). ``--model-slip``,
+and the metric use their dynamic-programming model (chosen direction with probability 1 − 4/3·0.33 = 0.56, each other
+0.1467, from the configs' ``fail_prob: 0.33``), HPGD's trajectories come from their simulator (0.67, 0.11 each), the
+cost is charged per state and the active goal carries no penalty. (Run files written before this convention took the
+configs' 0.33 used 1/3, i.e. 5/9 and 2/3; they carry no ``slips`` field and read as ``authors-fail=1/3``.)
+``paper`` is §5.1 as printed (2/3 everywhere, ``Σ_{s,a}`` cost, goal penalised). ``--model-slip``,
 ``--sim-slip``, ``--cost`` and ``--goal`` change one convention at a time (the ablation). The metric (``--metric``):
 ``sampled`` (the authors' logged value, ``V̄`` of the iteration's sampled context) or ``average`` (both contexts).
 AMD's follower (``--amd-follower``): ``exact`` (solved and differentiated exactly every step) or ``sweeps``
@@ -69,9 +71,12 @@ def without_hpgd_only(convention: str) -> str:
     return convention
 
 
+AUTHORS_FAIL_PROB = 0.33  # fail_prob of data/experiment_reg_lambda_*/config.yaml
 CONVENTIONS = {
     # model slip, simulator slip, cost over (s, a), goal penalised
-    "authors": (4.0 / 9.0, 1.0 / 3.0, False, False),
+    # the authors' configs: fail_prob 0.33; their model moves as chosen w.p. 1 - 4/3 * 0.33 = 0.56 (slip 0.44), their
+    # simulator w.p. 1 - 0.33 = 0.67 (slip 0.33)
+    "authors": (AUTHORS_FAIL_PROB * 4.0 / 3.0, AUTHORS_FAIL_PROB, False, False),
     "paper": (1.0 / 3.0, 1.0 / 3.0, True, True),
 }
 
@@ -94,6 +99,19 @@ def environment_for(args: argparse.Namespace) -> tuple[str, FourRoomsConfig, flo
         parts.append(f"goal={args.goal}")
     cfg = FourRoomsConfig(slip_prob=model_slip, cost_over_actions=over_actions, mask_goal_penalty=not goal_paid)
     return "+".join(parts), cfg, sim_slip
+
+
+LEGACY_AUTHORS = "authors-fail=1/3"
+
+
+def load_record(path: str | Path) -> dict:
+    """A run file. Files without a ``slips`` field were written when the ``authors`` convention used a fail
+    probability of 1/3 (model slip 4/9, simulator 1/3) instead of the configs' 0.33: their convention is renamed
+    ``authors-fail=1/3…`` so that a report never mixes them with files of the current one."""
+    record = json.loads(Path(path).read_text())
+    if "slips" not in record and record["convention"].startswith("authors"):
+        record["convention"] = LEGACY_AUTHORS + record["convention"][len("authors") :]
+    return record
 
 
 def parse_cells(text: str) -> tuple[tuple[float, float], ...]:
@@ -133,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hpgd_direct == "start-state" and args.method == "hpgd":
         name += HPGD_ONLY[1]
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
+    slips = [env_cfg.slip_prob, sim_slip]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")  # resumed from when the command is run again after an interruption
@@ -141,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "method": args.method,
         "convention": name,
+        "slips": slips,
         "metric_kind": args.metric,
         "batch_seed": args.seed,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in result.config.items()},
@@ -269,7 +289,7 @@ def restrict_grid(record: dict, lrs: list[float] | None, Cs: list[float] | None,
 
 
 def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[float] | None = None) -> int:
-    records = [restrict_grid(json.loads(Path(p).read_text()), lrs, Cs, allow_empty=True) for p in paths]
+    records = [restrict_grid(load_record(p), lrs, Cs, allow_empty=True) for p in paths]
     for method in {r["method"] for r in records}:  # a file may fall outside the grid, a whole method may not
         if not any(r["runs"] for r in records if r["method"] == method):
             raise SystemExit(f"--only-lrs/--only-Cs: no run of {method} is left in the grid {lrs} / {Cs}")
@@ -371,15 +391,16 @@ def ablation(paths: list[str], md: Path) -> int:
     column holds its value per entry, and the summary its hits, its mean signed gap to the paper and its mean shift
     from the baseline, so the effect of each one-at-a-time change can be read off.
     """
-    records = [json.loads(Path(p).read_text()) for p in paths]
+    records = [load_record(p) for p in paths]
     groups: dict[tuple[str, str, int, int], list[dict]] = {}
     for r in records:
         key = (r["convention"], r["metric_kind"], r["config"]["iterations"], len(r["config"]["seeds"]))
         groups.setdefault(key, []).append(r)
-    variants = sorted(groups, key=lambda k: (k[0] != "authors" or k[1] != "sampled", k[0], k[1], k[2]))
+    authors = ("authors", LEGACY_AUTHORS)
+    variants = sorted(groups, key=lambda k: (k[0] not in authors or k[1] != "sampled", k[0], k[1], k[2]))
     scores = {v: {m: cell_scores(rec) for m, rec in merge_methods(groups[v]).items()} for v in variants}
     name = {v: f"{v[0]}, {v[1]}, {v[2]:,} it, {v[3]} seeds" for v in variants}
-    base = next((v for v in variants if v[0] == "authors" and v[1] == "sampled"), variants[0])
+    base = next((v for v in variants if v[0] in authors and v[1] == "sampled"), variants[0])
     head = ["entry", "paper", *[name[v] for v in variants]]
     rows, summary = [], []
     for m in ("hpgd", "amd", "zero_order"):

@@ -1,5 +1,7 @@
 """Batched Four-Rooms runs (HPGD Table 3 at the paper's budget) against the per-run reference functions."""
 
+import json
+
 import pytest
 import torch
 
@@ -427,3 +429,25 @@ def test_files_of_one_method_merge_their_runs_and_their_grids():
     assert zo["config"]["lrs"] == [0.5, 0.1, 0.01] and zo["config"]["Cs"] == [0.01, 0.1, 0.5]
     assert main["config"]["Cs"] == [0.1, 0.5]  # the input record is not modified
     assert merged["amd"]["config"]["lrs"] == [0.5]
+
+
+def test_the_authors_convention_takes_their_configs_fail_probability(tmp_path):
+    """``fail_prob: 0.33`` in the authors' configs: their model moves as chosen with probability 1 − 4/3·0.33 = 0.56,
+    their simulator with 1 − 0.33 = 0.67. The run file records both slips; a file written before (no ``slips``: the
+    fail probability was 1/3) is renamed on reading and refused next to a current one."""
+    mod = _table3_script()
+    model_slip, sim_slip, _, _ = mod.CONVENTIONS["authors"]
+    assert model_slip == pytest.approx(0.44) and sim_slip == pytest.approx(0.33)
+    env = FourRooms(FourRoomsConfig(slip_prob=model_slip))
+    assert float(env.direction_probs()[0, 0]) == pytest.approx(0.56)
+    common = ["--method", "amd", "--cells", "0.001:1", "--seeds", "1", "--lrs", "0.5", "--iterations", "3",
+              "--window", "1", "--progress-every", "0"]  # fmt: skip
+    new, old = tmp_path / "amd.json", tmp_path / "amd_legacy.json"
+    assert mod.main([*common, "--out", str(new)]) == 0
+    record = json.loads(new.read_text())
+    assert record["convention"] == "authors" and record["slips"] == pytest.approx([0.44, 0.33])
+    del record["slips"]
+    old.write_text(json.dumps(record))
+    assert mod.load_record(old)["convention"] == "authors-fail=1/3"
+    with pytest.raises(SystemExit, match="the amd files mix conventions"):
+        mod.main(["--report", str(new), str(old), "--md", str(tmp_path / "bad.md")])

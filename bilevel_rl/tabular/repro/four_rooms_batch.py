@@ -58,8 +58,8 @@ class BatchFourRooms:
     Args:
         env: the environment conventions (``FourRooms``: slip of the model, cost form, goal mask, ``β``).
         sim_slip_prob: slip probability of the simulator that generates HPGD's trajectories (``None``: the model's).
-            The authors' simulator moves as chosen with probability ≈ 0.67 while their dynamic-programming model,
-            which gives the oracle and the metric, uses 5/9.
+            The authors' simulator moves as chosen with probability 0.67 while their dynamic-programming model,
+            which gives the oracle and the metric, uses 0.56 (both from their ``fail_prob`` 0.33).
     """
 
     def __init__(self, env: FourRooms, sim_slip_prob: float | None = None) -> None:
