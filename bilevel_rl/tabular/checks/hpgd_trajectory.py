@@ -222,8 +222,9 @@ def pooled_weights(
     steps = {k: np.ascontiguousarray(data[k].numpy().T) for k in ("s", "a", "tau", "complete")}
     run = data["run"].numpy()
     n_sa, q_sum, W_rbar = (np.zeros((R, S, A)) for _ in range(3))
+    starts = np.zeros((R, S))
     _visit_tables(steps["s"], steps["a"], steps["tau"], steps["complete"], run, rbar.detach().to(DTYPE).numpy(),
-                  gamma, n_sa, q_sum, W_rbar)  # fmt: skip
+                  gamma, n_sa, q_sum, W_rbar, starts)  # fmt: skip
     n_s = n_sa.sum(-1)
     Qbar = q_sum / np.maximum(n_sa, 1.0)
     Vbar = q_sum.sum(-1) / np.maximum(n_s, 1.0)
@@ -240,16 +241,12 @@ def pooled_weights(
         return torch.from_numpy(W_r * scale), torch.from_numpy(W_rbar * scale)
     # start_state: visit v of state s weighs w(s) / n(s) (w: share of the counted episode starts at s); the weight of
     # ∇r̄(s_k, a_k) is Σ over the earlier visits t of its episode of γ^{k−t} · weight(t), a forward pass
-    first = (steps["tau"] == 0) & steps["complete"]
-    cols, _ = np.nonzero(first)
-    starts = np.zeros((R, S))
-    np.add.at(starts, (run[cols], steps["s"][first]), 1.0)
     share = starts / np.maximum(starts.sum(-1, keepdims=True), 1.0)
     per_visit = np.where(n_s > 0, share / np.maximum(n_s, 1.0), 0.0)
     W_direct = np.zeros((R, S, A))
-    _response_table(steps["s"], steps["a"], steps["tau"], steps["complete"], run,
-                    np.ascontiguousarray(np.broadcast_to(per_visit[..., None], (R, S, A))), np.zeros((R, S)), gamma,
-                    W_direct)  # fmt: skip
+    # the response pass with ω_k = per_visit(s_k) (per_sa = 0, per_s = −per_visit)
+    _response_table(steps["s"], steps["a"], steps["tau"], steps["complete"], run, np.zeros((R, S, A)), -per_visit,
+                    gamma, W_direct)  # fmt: skip
     return torch.from_numpy(W_r * scale), torch.from_numpy(W_direct)
 
 
@@ -265,9 +262,11 @@ def _visit_tables(
     n_sa: np.ndarray,
     q_sum: np.ndarray,
     c_sa: np.ndarray,
+    starts: np.ndarray,
 ) -> None:  # pragma: no cover - compiled; tested through pooled_weights
-    """Per run and ``(s, a)`` over the completed episodes' visits: counts, sums of ``Ḡ_t`` and of ``γ^{τ_t}``.
+    """Per run and ``(s, a)`` over the counted visits: counts, sums of ``Ḡ_t`` and of ``γ^{τ_t}``; episode starts.
 
+    ``starts[r, s]`` counts the counted steps with ``τ = 0`` in state ``s``.
     ``Ḡ_t = Σ_{k ≥ t, same episode} γ^{k-t} r̄(s_k, a_k)`` by a backward pass per column (an episode ends where the
     next step has ``τ = 0`` or the column ends).
     """
@@ -283,6 +282,8 @@ def _visit_tables(
                 n_sa[r, s[n, t], a[n, t]] += 1.0
                 q_sum[r, s[n, t], a[n, t]] += g
                 c_sa[r, s[n, t], a[n, t]] += gamma ** tau[n, t]
+                if tau[n, t] == 0:
+                    starts[r, s[n, t]] += 1.0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -9,7 +9,8 @@ round), their HPGD trajectories are simulated together (``R × num_envs`` enviro
 
 * the oracle ``π^o_{x,ξ}`` is the exact soft optimum (soft policy iteration to ``tol``, warm-started per context);
 * HPGD: ``ĝ`` is :func:`~bilevel_rl.tabular.checks.hpgd_trajectory.pooled_weights` (Prop. 1 with every-visit
-  Monte Carlo, the estimator of the authors' code) on ``num_envs × steps_per_env`` on-policy steps;
+  Monte Carlo) on ``num_envs × steps_per_env`` on-policy steps; with ``hpgd_partial_episodes`` and
+  ``hpgd_direct="start_state"`` exactly the estimator of the authors' code;
 * AMD (Alg. 9 at its fixed point): the exact ``d/dx V̄^{π*_{x,ξ}}(S)`` by implicit differentiation; or, with
   ``amd_follower="sweeps"``, Alg. 9 as printed (``K`` warm-started sweeps per step, :mod:`.amd_sweeps`);
 * Zero-Order (Alg. 10): ``[f(x + u z) − f(x)] / u · z`` with ``u = C / t``;
