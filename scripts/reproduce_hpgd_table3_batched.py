@@ -62,6 +62,7 @@ from bilevel_rl.tabular.repro.four_rooms_batch import (  # noqa: E402
 LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
 # convention suffixes of the HPGD-only estimator options (--hpgd-partial-episodes, --hpgd-direct start-state)
 HPGD_ONLY = ("+partial-episodes", "+direct=start-state")
+AUTHORS_ESTIMATOR = "".join(HPGD_ONLY)  # both: HPGD's estimator exactly as the authors' code computes it
 
 
 def without_hpgd_only(convention: str) -> str:
@@ -393,8 +394,9 @@ def ablation(paths: list[str], md: Path) -> int:
     """
     records = [load_record(p) for p in paths]
     groups: dict[tuple[str, str, int, int], list[dict]] = {}
-    for r in records:
-        key = (r["convention"], r["metric_kind"], r["config"]["iterations"], len(r["config"]["seeds"]))
+    for r in records:  # HPGD with the authors' estimator joins its convention's AMD and Zero-Order files
+        name = r["convention"].replace(AUTHORS_ESTIMATOR, "")
+        key = (name, r["metric_kind"], r["config"]["iterations"], len(r["config"]["seeds"]))
         groups.setdefault(key, []).append(r)
     authors = ("authors", LEGACY_AUTHORS)
     variants = sorted(groups, key=lambda k: (k[0] not in authors or k[1] != "sampled", k[0], k[1], k[2]))

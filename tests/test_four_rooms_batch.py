@@ -451,3 +451,21 @@ def test_the_authors_convention_takes_their_configs_fail_probability(tmp_path):
     assert mod.load_record(old)["convention"] == "authors-fail=1/3"
     with pytest.raises(SystemExit, match="the amd files mix conventions"):
         mod.main(["--report", str(new), str(old), "--md", str(tmp_path / "bad.md")])
+
+
+def test_the_ablation_puts_hpgd_with_the_authors_estimator_in_its_conventions_row(tmp_path):
+    """An HPGD file with the authors' estimator (both HPGD-only options) joins the AMD file of its convention in one
+    variant row; HPGD with the per-episode direct term is a variant of its own."""
+    mod = _table3_script()
+    common = ["--cells", "0.005:1", "--seeds", "1", "--lrs", "0.5", "--iterations", "4", "--window", "2",
+              "--steps-per-env", "100", "--progress-every", "0"]  # fmt: skip
+    authors = ["--hpgd-partial-episodes", "--hpgd-direct", "start-state"]
+    assert mod.main(["--method", "amd", "--out", str(tmp_path / "amd.json"), *common]) == 0
+    assert mod.main(["--method", "hpgd", *authors, "--out", str(tmp_path / "hpgd.json"), *common]) == 0
+    assert mod.main(["--method", "hpgd", "--hpgd-partial-episodes", "--out", str(tmp_path / "ep.json"), *common]) == 0
+    md = tmp_path / "ablation.md"
+    assert mod.main(["--ablation", *(str(tmp_path / f) for f in ("amd.json", "hpgd.json", "ep.json")),
+                     "--md", str(md)]) == 0  # fmt: skip
+    summary = [line for line in md.read_text().splitlines() if line.startswith("| authors")]
+    assert summary[0].startswith("| authors, sampled, 4 it, 1 seeds | ") and " of 2 |" in summary[0]  # HPGD + AMD
+    assert summary[1].startswith("| authors+partial-episodes, sampled, 4 it, 1 seeds | ") and " of 1 |" in summary[1]
