@@ -22,7 +22,7 @@ Scope: the leader controls the follower's reward only (Four-Rooms), so ``∇_x l
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numba
 import numpy as np
@@ -33,6 +33,7 @@ from bilevel_rl.tabular.core.sampling import CategoricalTable, EnvBatch, Simulat
 from bilevel_rl.tabular.core.soft_mdp import DTYPE, SoftMDP
 
 DirectTerm = Literal["episodes", "start_state"]
+DIRECT_TERMS: tuple[str, ...] = get_args(DirectTerm)
 
 
 def run_envs(
@@ -215,7 +216,7 @@ def pooled_weights(
         ``(R, S, A)`` weights ``W_r`` and ``W_r̄``: ``W_r`` divided by each run's number of finished episodes (zero
         for a run without one), ``W_r̄`` as ``direct`` says.
     """
-    if direct not in ("episodes", "start_state"):
+    if direct not in DIRECT_TERMS:
         raise ValueError(f"direct: expected episodes or start_state, got {direct!r}")
     R, S, A = rbar.shape
     # the kernels walk one environment's column at a time: (N, T) arrays (free for BatchFourRooms.rollouts' views)

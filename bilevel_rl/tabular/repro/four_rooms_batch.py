@@ -32,7 +32,7 @@ import numba
 import numpy as np
 import torch
 
-from bilevel_rl.tabular.checks.hpgd_trajectory import DirectTerm, pooled_weights
+from bilevel_rl.tabular.checks.hpgd_trajectory import DIRECT_TERMS, DirectTerm, pooled_weights
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.amd_sweeps import SweptAMD
@@ -407,7 +407,7 @@ class BatchConfig:
             raise ValueError(f"window: must be in [1, iterations={self.iterations}], got {self.window}")
         if self.amd_follower not in ("exact", "sweeps"):
             raise ValueError(f"amd_follower: expected exact or sweeps, got {self.amd_follower!r}")
-        if self.hpgd_direct not in ("episodes", "start_state"):
+        if self.hpgd_direct not in DIRECT_TERMS:
             raise ValueError(f"hpgd_direct: expected episodes or start_state, got {self.hpgd_direct!r}")
         if self.amd_sweeps < 1:
             raise ValueError(f"amd_sweeps: must be >= 1, got {self.amd_sweeps}")
@@ -497,11 +497,10 @@ def run_batch(
                     data = problem.rollouts(pi, ctx, c.num_envs, c.steps_per_env, c.max_episode_steps, generator)
                     if c.hpgd_partial_episodes:
                         data["complete"] = torch.ones_like(data["complete"])
-                    rbar = problem.leader_reward(x, ctx, beta)
-                    W_r, W_rbar = pooled_weights(data, rbar, problem.gamma, lam, c.hpgd_direct)
                     xx = x.clone().requires_grad_(True)
-                    total = (W_r * problem.follower_reward(xx, ctx, lam)).sum()
-                    total = total + (W_rbar * problem.leader_reward(xx, ctx, beta)).sum()
+                    rbar = problem.leader_reward(xx, ctx, beta)  # its values feed the statistics (detached there)
+                    W_r, W_rbar = pooled_weights(data, rbar, problem.gamma, lam, c.hpgd_direct)
+                    total = (W_r * problem.follower_reward(xx, ctx, lam)).sum() + (W_rbar * rbar).sum()
                     (g,) = torch.autograd.grad(total, xx)
                 else:
                     u = C / (t + 1)
