@@ -27,7 +27,9 @@ AMD's follower (``--amd-follower``): ``exact`` (solved and differentiated exactl
 ``--hpgd-partial-episodes`` lets HPGD's statistics use each environment's unfinished last episode, and
 ``--hpgd-direct start-state`` estimates the direct ``∇r̄`` term by the every-visit average of its reward-to-go at the
 start state, as the authors' estimator does (both together: their estimator). ``--leader-float32`` keeps the
-leader's logits in float32, as the authors' JAX code does (everything else float64).
+leader's logits in float32, as the authors' JAX code does (everything else float64). ``--zo-numerics float32``
+computes Zero-Order's two values per step as the authors' code does, by float32 dynamic programming from zero
+(``bilevel_rl.tabular.repro.authors_float32``), whose rounding noise the late difference quotients divide by ``C/t``.
 Scores: each run's metric averaged over the last ``--window`` iterations; per cell and method the (lr[, C]) with the
 best mean over seeds; mean ± standard error with ``std(ddof=0)/√n`` (numpy's default, the authors' notebook).
 """
@@ -63,11 +65,13 @@ LABEL = {"hpgd": "HPGD", "amd": "AMD", "zero_order": "Zero-Order"}
 # convention suffixes of the HPGD-only estimator options (--hpgd-partial-episodes, --hpgd-direct start-state)
 HPGD_ONLY = ("+partial-episodes", "+direct=start-state")
 AUTHORS_ESTIMATOR = "".join(HPGD_ONLY)  # both: HPGD's estimator exactly as the authors' code computes it
+ZO_FLOAT32 = "+zo-float32"  # Zero-Order's values in the authors' float32 arithmetic (--zo-numerics float32)
 
 
-def without_hpgd_only(convention: str) -> str:
-    """The convention without its HPGD-only suffixes (they change no other method's runs)."""
-    for suffix in HPGD_ONLY:
+def without_method_only(convention: str) -> str:
+    """The convention without its one-method suffixes (HPGD's estimator, Zero-Order's numerics): they change no
+    other method's runs."""
+    for suffix in (*HPGD_ONLY, ZO_FLOAT32):
         convention = convention.replace(suffix, "")
     return convention
 
@@ -139,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         amd_follower=args.amd_follower,
         amd_sweeps=args.amd_sweeps,
         leader_float32=args.leader_float32,
+        zo_numerics=args.zo_numerics,
         hpgd_partial_episodes=args.hpgd_partial_episodes,
         hpgd_direct=args.hpgd_direct.replace("-", "_"),
         progress_every=args.progress_every,
@@ -151,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         name += HPGD_ONLY[0]
     if args.hpgd_direct == "start-state" and args.method == "hpgd":
         name += HPGD_ONLY[1]
+    if args.zo_numerics == "float32" and args.method == "zero_order":
+        name += ZO_FLOAT32
     print(f"{args.method}: {len(config.runs())} runs x {args.iterations} iterations ({name})", flush=True)
     slips = [env_cfg.slip_prob, sim_slip]
     out = Path(args.out)
@@ -297,7 +304,7 @@ def report(paths: list[str], md: Path, lrs: list[float] | None = None, Cs: list[
     records = [r for r in records if r["runs"]]
     # HPGD's estimator option changes no other method's runs: it does not split the convention across methods,
     # but the files of one method must agree on everything
-    conventions = {(without_hpgd_only(r["convention"]), r["metric_kind"]) for r in records}
+    conventions = {(without_method_only(r["convention"]), r["metric_kind"]) for r in records}
     for method in {r["method"] for r in records}:
         if len({r["convention"] for r in records if r["method"] == method}) > 1:
             raise SystemExit(f"--report: the {method} files mix conventions; report one at a time")
@@ -496,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
         default="episodes",
         help="HPGD: the direct term's estimator: per-episode sums over finished episodes, or the every-visit "
         "average of the reward-to-go at the start state (the authors' estimator)",
+    )
+    ap.add_argument(
+        "--zo-numerics",
+        choices=["float64", "float32"],
+        default="float64",
+        help="Zero-Order's values: our exact float64 solver, or the authors' float32 dynamic programming",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's random stream")
     ap.add_argument("--progress-every", type=int, default=100)

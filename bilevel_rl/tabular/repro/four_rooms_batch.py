@@ -36,6 +36,7 @@ from bilevel_rl.tabular.checks.hpgd_trajectory import DIRECT_TERMS, DirectTerm, 
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.amd_sweeps import SweptAMD
+from bilevel_rl.tabular.repro.authors_float32 import Float32Model
 from bilevel_rl.tabular.repro.band_lu import BandedModel
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
@@ -374,6 +375,10 @@ class BatchConfig:
             the start state, the authors' ``UL_value_grad``).
         leader_float32: round the leader's logits ``x`` to float32 after every step (the authors' JAX code keeps
             them in float32, so a step below float32 resolution is lost); everything else stays float64.
+        zo_numerics: Zero-Order's two values per step: ``float64`` (our exact solver) or ``float32`` (the authors'
+            float32 dynamic programming, :mod:`.authors_float32`, whose rounding noise their late difference
+            quotients divide by ``u = C/t``; ``x``, ``z``, ``u`` and the step are float32 too). ``float32`` needs the
+            ``sampled`` metric (the value of the step's context, computed by the same float32 program).
         curve_every: keep each run's metric value every this many iterations.
         progress_every: print a progress line every this many iterations (0: never).
     """
@@ -397,6 +402,7 @@ class BatchConfig:
     hpgd_partial_episodes: bool = False
     hpgd_direct: DirectTerm = "episodes"
     leader_float32: bool = False
+    zo_numerics: Literal["float64", "float32"] = "float64"
     curve_every: int = 100
     progress_every: int = 0
 
@@ -409,6 +415,10 @@ class BatchConfig:
             raise ValueError(f"amd_follower: expected exact or sweeps, got {self.amd_follower!r}")
         if self.hpgd_direct not in DIRECT_TERMS:
             raise ValueError(f"hpgd_direct: expected episodes or start_state, got {self.hpgd_direct!r}")
+        if self.zo_numerics not in ("float64", "float32"):
+            raise ValueError(f"zo_numerics: expected float64 or float32, got {self.zo_numerics!r}")
+        if self.zo_numerics == "float32" and self.metric != "sampled":
+            raise ValueError("zo_numerics: float32 values are the sampled context's; use metric='sampled'")
         if self.amd_sweeps < 1:
             raise ValueError(f"amd_sweeps: must be >= 1, got {self.amd_sweeps}")
 
@@ -466,6 +476,9 @@ def run_batch(
     solves0, factorizations0 = problem.solves, problem.factorizations
     identity = {k: v for k, v in vars(c).items() if k != "progress_every"}
     swept = SweptAMD(problem, lam, beta, c.amd_sweeps) if c.method == "amd" and c.amd_follower == "sweeps" else None
+    f32 = Float32Model(problem.env) if c.method == "zero_order" and c.zo_numerics == "float32" else None
+    if f32 is not None:
+        x = x.to(torch.float32).to(DTYPE)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != identity or state["problem"] != problem.identity():
@@ -484,6 +497,8 @@ def run_batch(
         if swept is not None:  # Alg. 9 as printed: no oracle, K sweeps of the lagging tables
             g, value = swept.step(x, ctx)
             warm = swept.policies()
+        elif f32 is not None:  # Zero-Order in the authors' float32 arithmetic
+            g, value = _zero_order_float32(f32, x, ctx, lam, beta, C, t, generator)
         else:
             pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
             pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
@@ -518,7 +533,7 @@ def run_batch(
                 curves[i].append(v)
         norm = g.norm(dim=1, keepdim=True)
         x = x + lr * torch.where(norm > c.clip_norm, g * (c.clip_norm / norm.clamp_min(1e-300)), g)
-        if c.leader_float32:
+        if c.leader_float32 or f32 is not None:
             x = x.to(torch.float32).to(DTYPE)
         if checkpoint is not None and (t + 1) % checkpoint_every == 0 and t + 1 < c.iterations:
             tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
@@ -549,6 +564,26 @@ def run_batch(
         rounds_per_solve=(problem.factorizations - factorizations0) / max(1, problem.solves - solves0),
         config=dict(vars(c)),
     )
+
+
+def _zero_order_float32(
+    model: Float32Model,
+    x: torch.Tensor,
+    ctx: torch.Tensor,
+    lam: torch.Tensor,
+    beta: torch.Tensor,
+    C: torch.Tensor,
+    t: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alg. 10's ``[f(x + u z) − f(x)] / u · z`` and ``f(x)`` with ``f``, ``x``, ``u``, ``z`` in float32 (the authors')."""
+    z = torch.randn(x.shape, generator=generator, dtype=DTYPE).to(torch.float32)
+    u = (C / (t + 1)).to(torch.float32)
+    x32 = x.to(torch.float32)
+    x1 = x32 + u * z
+    f0 = torch.from_numpy(model.values(x32.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
+    f1 = torch.from_numpy(model.values(x1.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
+    return ((f1 - f0)[:, None] * z / u).to(DTYPE), f0.to(DTYPE)
 
 
 def context_average(
