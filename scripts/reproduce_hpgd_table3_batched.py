@@ -211,7 +211,10 @@ def budget_line(label: str, cfg: dict) -> str:
         hpgd += ", the direct term averaged over every visit of the start state"
     if cfg.get("hpgd_partial_episodes") and cfg.get("hpgd_direct") == "start_state":
         hpgd += " (the authors' estimator)"
-    extra = {"Zero-Order": f", C {cfg['Cs']}", "HPGD": hpgd}
+    zo = f", C {cfg['Cs']}"
+    if cfg.get("zo_numerics") == "float32":
+        zo += ", both values per step computed in the authors' float32 arithmetic (their dynamic programming from zero)"
+    extra = {"Zero-Order": zo, "HPGD": hpgd}
     return (
         f"- {label}: {cfg['iterations']:,} outer iterations, {len(cfg['seeds'])} seeds, learning rates {cfg['lrs']}"
         f"{extra.get(label, '')}."

@@ -9,15 +9,15 @@ The authors' JAX code runs in JAX's default float32. Each value ``f(x) = V̄^{π
 2. ``π = softmax(Q/λ)`` and their leader evaluation (``initial_value_prediction``): ``V = 0``, then ``n_eval = 500``
    sweeps ``V ← Σ_a π (r̄_x + γ P V)``; the value is ``V(S)``.
 
-In exact arithmetic both are within ~1e-10 of the exact soft optimum and its value at Table 3's iterates (measured:
-at most 2e-4 of the leader value at λ = 0.005, usually below 1e-9), so our float64 solver is the same function.
-In float32 they carry rounding noise of 1e-7 to 1e-5 in ``f``. Zero-Order divides the difference
-``f(x + u z) − f(x)`` by ``u = C/t``, down to 1e-6 at ``t = 10⁴`` with ``C = 0.01``: its late gradients are then
-rounding noise (measured at one iterate, λ = 0.003: the difference quotient's error is 0.2 % of its size at
-``u = 1e-2``, 15 % at ``u = 1e-4``, 160 % at ``u = 1e-5`` and 11× at ``u = 1e-6``), and the clipped steps random-walk
-``x``. :func:`values_float32` reproduces that arithmetic, run-vectorised; ``BatchConfig.zo_numerics="float32"``
-uses it for Zero-Order's two values per step (HPGD and AMD divide by no small number, so float32 rounding is far
-below their own estimation noise there and is not emulated).
+In float64 this program is our exact solver up to its truncation: at the AMD iterates of four Table 3 cells after
+2,000 steps the leader values differ by at most 2e-4 (one run at λ = 0.005) and by less than 1e-6 in the others.
+In float32 it carries rounding noise (64 random iterates at λ = 0.003, β = 5: median 9e-7, max 7e-6 in ``f``).
+Zero-Order divides the difference ``f(x + u z) − f(x)`` by ``u = C/t``, down to 1e-6 at ``t = 10⁴`` with ``C = 0.01``:
+its late gradients are then rounding noise (same iterates: the float32 difference quotient's mean error is 0.2 % of
+its mean size at ``u = 1e-2``, 2 % at 1e-3, 18 % at 1e-4, 1.6× at 1e-5 and 14× at 1e-6), and the clipped steps
+random-walk ``x``. :func:`values_float32` reproduces that arithmetic, run-vectorised;
+``BatchConfig.zo_numerics="float32"`` uses it for Zero-Order's two values per step. HPGD and AMD divide by ``λ ≥ 1e-3``,
+never by ``u``; their float32 rounding is not emulated (and not measured).
 
 The emulation is faithful to the operations and their order per entry, not bit-for-bit to XLA (whose reductions and
 fusions round differently): the noise it adds has the authors' size, not their exact draws. Memory layout

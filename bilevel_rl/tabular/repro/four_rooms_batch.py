@@ -576,7 +576,7 @@ def _zero_order_float32(
     t: int,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alg. 10's ``[f(x + u z) − f(x)] / u · z`` and ``f(x)`` with ``f``, ``x``, ``u``, ``z`` in float32 (the authors')."""
+    """Alg. 10's ``[f(x + u z) − f(x)] / u · z`` and ``f(x)``, everything in float32 (the authors' arithmetic)."""
     z = torch.randn(x.shape, generator=generator, dtype=DTYPE).to(torch.float32)
     u = (C / (t + 1)).to(torch.float32)
     x32 = x.to(torch.float32)
