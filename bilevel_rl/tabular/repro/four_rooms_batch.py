@@ -13,7 +13,8 @@ round), their HPGD trajectories are simulated together (``R × num_envs`` enviro
   ``hpgd_direct="start_state"`` exactly the estimator of the authors' code;
 * AMD (Alg. 9 at its fixed point): the exact ``d/dx V̄^{π*_{x,ξ}}(S)`` by implicit differentiation; or, with
   ``amd_follower="sweeps"``, Alg. 9 as printed (``K`` warm-started sweeps per step, :mod:`.amd_sweeps`);
-* Zero-Order (Alg. 10): ``[f(x + u z) − f(x)] / u · z`` with ``u = C / t``;
+* Zero-Order (Alg. 10): ``[f(x + u z) − f(x)] / u · z`` with ``u = C / t``; ``f`` by our exact solver or, with
+  ``zo_numerics="float32"``, by the authors' float32 dynamic programming (:mod:`.authors_float32`);
 * update ``x ← x + α clip_{1}(ĝ)`` (ascent on the leader's return, i.e. Alg. 1's descent on ``F``).
 
 All runs of a batch draw from one ``torch.Generator`` (so a run's numbers depend on the batch it ran in; the batch
