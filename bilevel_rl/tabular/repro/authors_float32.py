@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
@@ -82,6 +83,28 @@ class Float32Model:
                 x[j], goal[j], lam[j], beta[j], self, AUTHORS_ROUNDS, AUTHORS_SWEEPS, AUTHORS_EVAL_SWEEPS
             )
         return out
+
+    def zero_order_step(
+        self,
+        x: torch.Tensor,
+        ctx: torch.Tensor,
+        lam: torch.Tensor,
+        beta: torch.Tensor,
+        u: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alg. 10's ``[f(x + u z) − f(x)] / u · z`` and ``f(x)`` per run, in the authors' float32 arithmetic.
+
+        ``x, z, u``, both values and the quotient are float32; the results are returned as float64. ``z ~ N(0, I)`` is
+        drawn from ``generator`` in float64 and rounded, so the draws are the float64 run's.
+        """
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(torch.float32)
+        u32 = u.to(torch.float32)
+        x32 = x.to(torch.float32)
+        x1 = x32 + u32 * z
+        f0 = torch.from_numpy(self.values(x32.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
+        f1 = torch.from_numpy(self.values(x1.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
+        return ((f1 - f0)[:, None] * z / u32).double(), f0.double()
 
 
 def values_float32(

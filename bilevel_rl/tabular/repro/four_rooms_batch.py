@@ -499,7 +499,7 @@ def run_batch(
             g, value = swept.step(x, ctx)
             warm = swept.policies()
         elif f32 is not None:  # Zero-Order in the authors' float32 arithmetic
-            g, value = _zero_order_float32(f32, x, ctx, lam, beta, C, t, generator)
+            g, value = f32.zero_order_step(x, ctx, lam, beta, C / (t + 1), generator)
         else:
             pi0 = torch.where((ctx == 0)[:, None, None], warm[0], warm[1])
             pi, lu = problem.solve(problem.follower_reward(x, ctx, lam), ctx, lam, pi0, c.tol)
@@ -565,26 +565,6 @@ def run_batch(
         rounds_per_solve=(problem.factorizations - factorizations0) / max(1, problem.solves - solves0),
         config=dict(vars(c)),
     )
-
-
-def _zero_order_float32(
-    model: Float32Model,
-    x: torch.Tensor,
-    ctx: torch.Tensor,
-    lam: torch.Tensor,
-    beta: torch.Tensor,
-    C: torch.Tensor,
-    t: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alg. 10's ``[f(x + u z) − f(x)] / u · z`` and ``f(x)``, everything in float32 (the authors' arithmetic)."""
-    z = torch.randn(x.shape, generator=generator, dtype=DTYPE).to(torch.float32)
-    u = (C / (t + 1)).to(torch.float32)
-    x32 = x.to(torch.float32)
-    x1 = x32 + u * z
-    f0 = torch.from_numpy(model.values(x32.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
-    f1 = torch.from_numpy(model.values(x1.numpy(), ctx.numpy(), lam.numpy(), beta.numpy()))
-    return ((f1 - f0)[:, None] * z / u).to(DTYPE), f0.to(DTYPE)
 
 
 def context_average(
