@@ -174,10 +174,20 @@ def _softmax(Q, lam, pi, kl):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _expected_next(nxt, prb, s, a, V, c):  # type: ignore[no-untyped-def]
+    """``c[i] = Σ_k P(n_k | s, a) V[n_k, i]`` for every run ``i`` (in successor order, as the sweeps need it)."""
+    c[:] = 0.0
+    for k in range(nxt.shape[2]):
+        n, p = nxt[s, a, k], prb[s, a, k]
+        for i in range(c.shape[0]):
+            c[i] += p * V[n, i]
+
+
+@numba.njit(cache=True, nogil=True)
 def _values(  # type: ignore[no-untyped-def]
     x, goal, lam, beta, start, plus, nxt, prb, gamma, budget, cost_scale, mask_goal, rounds, sweeps, eval_sweeps
 ):
-    S, A, K = nxt.shape
+    S, A, _ = nxt.shape
     R = x.shape[0]
     r, rbar = _rewards(x, goal, beta, plus, S, budget, cost_scale, mask_goal)
     live = np.ones((S, R), np.float32)  # 0 in the run's goal: no continuation from a terminal state
@@ -199,11 +209,7 @@ def _values(  # type: ignore[no-untyped-def]
                         V[s, i] += pi[s, a, i] * Q[s, a, i]
             for s in range(S):
                 for a in range(A):
-                    c[:] = 0.0
-                    for k in range(K):
-                        n, p = nxt[s, a, k], prb[s, a, k]
-                        for i in range(R):
-                            c[i] += p * V[n, i]
+                    _expected_next(nxt, prb, s, a, V, c)
                     for i in range(R):
                         Qn[s, a, i] = r[s, i] - kl[s, i] + live[s, i] * (gamma * c[i])
             Q, Qn = Qn, Q
@@ -214,11 +220,7 @@ def _values(  # type: ignore[no-untyped-def]
         Wn[:] = 0.0
         for s in range(S):
             for a in range(A):
-                c[:] = 0.0
-                for k in range(K):
-                    n, p = nxt[s, a, k], prb[s, a, k]
-                    for i in range(R):
-                        c[i] += p * W[n, i]
+                _expected_next(nxt, prb, s, a, W, c)
                 for i in range(R):
                     Wn[s, i] += pi[s, a, i] * (rbar[s, i] + live[s, i] * (gamma * c[i]))
         W, Wn = Wn, W
