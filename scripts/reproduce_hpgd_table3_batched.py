@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bilevel_rl.reporting import write_keeping_analysis  # noqa: E402
+from bilevel_rl.tabular.repro.authors_float32 import ZO_NUMERICS  # noqa: E402
 from bilevel_rl.tabular.repro.four_rooms import TABLE3, TABLE3_CELLS, FourRooms, FourRoomsConfig  # noqa: E402
 from bilevel_rl.tabular.repro.four_rooms_batch import (  # noqa: E402
     AUTHORS_CS,
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--zo-numerics",
-        choices=["float64", "float32"],
+        choices=ZO_NUMERICS,
         default="float64",
         help="Zero-Order's values: our exact float64 solver, or the authors' float32 dynamic programming",
     )

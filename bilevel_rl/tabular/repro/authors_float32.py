@@ -26,11 +26,17 @@ fusions round differently): the noise it adds has the authors' size, not their e
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numba
 import numpy as np
 import torch
 
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
+
+ZoNumerics = Literal["float64", "float32"]
+"""Zero-Order's values: our exact float64 solver, or the authors' float32 program (this module)."""
+ZO_NUMERICS: tuple[str, ...] = get_args(ZoNumerics)
 
 AUTHORS_ROUNDS, AUTHORS_SWEEPS, AUTHORS_EVAL_SWEEPS = 100, 5, 500
 """``n_policy_iter``, ``n_value_iter`` of ``data/experiment_reg_lambda_*/config.yaml`` and the evaluation's

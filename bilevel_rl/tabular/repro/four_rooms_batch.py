@@ -37,7 +37,7 @@ from bilevel_rl.tabular.checks.hpgd_trajectory import DIRECT_TERMS, DirectTerm, 
 from bilevel_rl.tabular.core.sampling import pin_cdf
 from bilevel_rl.tabular.core.soft_mdp import DTYPE
 from bilevel_rl.tabular.repro.amd_sweeps import SweptAMD
-from bilevel_rl.tabular.repro.authors_float32 import Float32Model
+from bilevel_rl.tabular.repro.authors_float32 import ZO_NUMERICS, Float32Model, ZoNumerics
 from bilevel_rl.tabular.repro.band_lu import BandedModel
 from bilevel_rl.tabular.repro.four_rooms import CONTEXTS, FourRooms
 
@@ -403,7 +403,7 @@ class BatchConfig:
     hpgd_partial_episodes: bool = False
     hpgd_direct: DirectTerm = "episodes"
     leader_float32: bool = False
-    zo_numerics: Literal["float64", "float32"] = "float64"
+    zo_numerics: ZoNumerics = "float64"
     curve_every: int = 100
     progress_every: int = 0
 
@@ -416,7 +416,7 @@ class BatchConfig:
             raise ValueError(f"amd_follower: expected exact or sweeps, got {self.amd_follower!r}")
         if self.hpgd_direct not in DIRECT_TERMS:
             raise ValueError(f"hpgd_direct: expected episodes or start_state, got {self.hpgd_direct!r}")
-        if self.zo_numerics not in ("float64", "float32"):
+        if self.zo_numerics not in ZO_NUMERICS:
             raise ValueError(f"zo_numerics: expected float64 or float32, got {self.zo_numerics!r}")
         if self.zo_numerics == "float32" and self.metric != "sampled":
             raise ValueError("zo_numerics: float32 values are the sampled context's; use metric='sampled'")
